@@ -1,0 +1,1 @@
+"""Accelerate-based training: recipes (YAML), the trainer, export to ``models/<id>`` and regeneration."""

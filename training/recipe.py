@@ -1,0 +1,97 @@
+"""A training recipe: one YAML file that fully describes how a released checkpoint is produced."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelSection:
+    architecture: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    dataset: str = "fashion_mnist"
+    crop_padding: int = 0
+    hflip: bool = False
+    holdout: int = 0  # training images kept out of training, for any selection (never the test split)
+    limit: int | None = None  # use only the first N training images (smoke tests)
+    test_limit: int | None = None
+
+
+@dataclass
+class OptimizerSection:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class ScheduleSection:
+    name: str = "cosine"  # cosine | onecycle | constant
+    warmup_fraction: float = 0.0
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 1
+    batch_size: int = 128
+    seed: int = 0
+    label_smoothing: float = 0.0
+    channels_last: bool = True
+    checkpoint_every: int = 200  # optimizer steps between resumable saves (also saved at each epoch end)
+    eval_batch_size: int = 1000
+    log_param_checksums: bool = False  # per-step weight checksums per rank (data-parallel tests)
+
+
+@dataclass
+class Recipe:
+    id: str
+    model: ModelSection
+    data: DataSection = field(default_factory=DataSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    notes: str = ""
+    path: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: str | None = None) -> Recipe:
+        sections = {
+            "model": ModelSection,
+            "data": DataSection,
+            "optimizer": OptimizerSection,
+            "schedule": ScheduleSection,
+            "train": TrainSection,
+        }
+        unknown = set(raw) - {"id", "notes", *sections}
+        if unknown:
+            raise ValueError(f"recipe {path or ''}: unknown top-level keys {sorted(unknown)}")
+        kwargs: dict[str, Any] = {"id": raw["id"], "notes": raw.get("notes", ""), "path": path}
+        for name, section in sections.items():
+            if name in raw:
+                fields = {f.name for f in dataclasses.fields(section)}
+                bad = set(raw[name]) - fields
+                if bad:
+                    raise ValueError(f"recipe {path or ''}: unknown keys {sorted(bad)} in '{name}'")
+                kwargs[name] = section(**raw[name])
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()), str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("path")
+        return out

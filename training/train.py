@@ -1,0 +1,32 @@
+"""Train one recipe: ``python -m training.train training/recipes/<id>.yaml [--run-dir runs/<id>]``.
+
+Data-parallel: ``torchrun --nproc_per_node 2 -m training.train <recipe>`` (CPU, gloo) or
+``accelerate launch --multi_gpu -m training.train <recipe>`` (GPUs). Re-running resumes from ``state/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.recipe import Recipe
+from training.trainer import Trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--run-dir", type=Path, help="default: runs/<recipe id>")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (smoke runs)")
+    parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
+    args = parser.parse_args(argv)
+    recipe = Recipe.load(args.recipe)
+    if args.epochs is not None:
+        recipe.train.epochs = args.epochs
+    if args.limit is not None:
+        recipe.data.limit = args.limit
+    Trainer(recipe, args.run_dir or Path("runs") / recipe.id).fit()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The Accelerate trainer: one recipe in, final weights and a metrics history out, resumable at any step.
+
+Runs unchanged on one CPU, on N CPU processes (``torchrun --nproc_per_node N``: Accelerate's MULTI_CPU
+with gloo) and on GPUs (``accelerate launch --multi_gpu``). The recipe's ``batch_size`` is the global batch:
+each of N processes takes 1/N of it, so the optimisation is the same whatever N is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+import zoo  # noqa: F401  (registers the architectures)
+from training.recipe import Recipe
+from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
+from zoo.evaluate import accuracy, predict_logits
+
+STATE_DIR = "state"
+
+
+def git_commit() -> str:
+    """The commit the code ran from, with ``-dirty`` when the work tree had changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "zoo", "training"], cwd=root,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class TrainState:
+    """Where the run is: registered with Accelerate so it is saved and restored with the weights."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
+
+def lr_factor(schedule: str, warmup_fraction: float, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``."""
+    warmup = int(warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule in ("cosine", "onecycle"):
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"unknown schedule '{schedule}' (use cosine, onecycle or constant)")
+
+
+def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    opt = recipe.optimizer
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    if opt.name == "adam":
+        return torch.optim.Adam(groups, lr=opt.lr, betas=tuple(opt.betas))
+    if opt.name == "adamw":
+        return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas))
+    raise ValueError(f"unknown optimizer '{opt.name}' (use sgd, adam or adamw)")
+
+
+def param_checksum(model: torch.nn.Module) -> int:
+    """A bit-exact fingerprint of all weights (to compare replicas across ranks)."""
+    crc = 0
+    for t in model.state_dict().values():
+        crc = zlib.crc32(t.detach().cpu().contiguous().numpy().tobytes(), crc)
+    return crc
+
+
+def save_state_atomically(accelerator: Accelerator, run_dir: Path) -> None:
+    """Save into a fresh folder, then swap it in: a kill at any moment leaves one complete state."""
+    final, tmp, old = run_dir / STATE_DIR, run_dir / f"{STATE_DIR}.tmp", run_dir / f"{STATE_DIR}.old"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def latest_state(run_dir: Path) -> Path | None:
+    for name in (STATE_DIR, f"{STATE_DIR}.old"):  # .old survives a kill between the two renames
+        if (run_dir / name).is_dir():
+            return run_dir / name
+    return None
+
+
+class Trainer:
+    """Trains ``recipe`` into ``run_dir`` (``state/`` to resume, ``metrics.jsonl``, ``final.safetensors``)."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, accelerator: Accelerator | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator or Accelerator()
+        self.spec = dataset_spec(recipe.data.dataset)
+        self.state = TrainState()
+
+    def _data(self) -> tuple[BatchIterator, tuple[torch.Tensor, torch.Tensor]]:
+        r, acc = self.recipe, self.accelerator
+        train_x, train_y = to_tensors(load_dataset(r.data.dataset, "train"), self.spec, limit=r.data.limit)
+        if r.data.holdout:
+            keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(r.train.seed))
+            train_x, train_y = train_x[keep[r.data.holdout :]], train_y[keep[r.data.holdout :]]
+        test = to_tensors(load_dataset(r.data.dataset, "test"), self.spec, limit=r.data.test_limit)
+        transform = BatchAugment(self.spec.mean, self.spec.std, r.data.crop_padding, r.data.hflip)
+        loader = BatchIterator(
+            train_x, train_y, r.train.batch_size, transform, shuffle=True, augment=True, seed=r.train.seed,
+            drop_last=True, rank=acc.process_index, world_size=acc.num_processes,
+        )  # fmt: skip
+        return loader, test
+
+    def build_model(self) -> torch.nn.Module:
+        r = self.recipe
+        return timm.create_model(
+            r.model.architecture,
+            pretrained=False,
+            num_classes=self.spec.num_classes,
+            in_chans=self.spec.input_size[0],
+            **r.model.args,
+        )
+
+    def compute_loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(images), labels, label_smoothing=self.recipe.train.label_smoothing)
+
+    def _log(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.run_dir / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> dict[str, Any]:
+        r, acc = self.recipe, self.accelerator
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
+        set_seed(r.train.seed)
+        loader, (test_x, test_y) = self._data()
+        model = self.build_model()
+        if r.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(r, model)
+        total_steps = r.train.epochs * len(loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(r.schedule.name, r.schedule.warmup_fraction, s, total_steps)
+        )
+        model, optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(scheduler, self.state)
+        resume_from = latest_state(self.run_dir)
+        if resume_from is not None:
+            acc.load_state(str(resume_from))
+            acc.print(f"resumed from {resume_from}: epoch {self.state.epoch}, batch {self.state.step_in_epoch}")
+
+        start = time.time()
+        while self.state.epoch < r.train.epochs:
+            epoch = self.state.epoch
+            model.train()
+            seen = correct = 0
+            loss_sum = torch.zeros(())
+            batches = loader.epoch(epoch, start_batch=self.state.step_in_epoch)
+            bar = tqdm(batches, total=len(loader) - self.state.step_in_epoch, disable=not acc.is_main_process,
+                       desc=f"epoch {epoch + 1}/{r.train.epochs}", unit="batch")  # fmt: skip
+            for images, labels in bar:
+                if r.train.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                loss = self.compute_loss(model, images, labels)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach() * len(labels)
+                seen += len(labels)
+                self.state.step_in_epoch += 1
+                self.state.global_step += 1
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+                if r.train.log_param_checksums:
+                    self._log(f"checksums.rank{acc.process_index}.jsonl",
+                              {"step": self.state.global_step, "loss": loss.item(),
+                               "checksum": param_checksum(acc.unwrap_model(model))})  # fmt: skip
+                if self.state.global_step % r.train.checkpoint_every == 0:
+                    save_state_atomically(acc, self.run_dir)
+            metrics = accuracy(
+                predict_logits(acc.unwrap_model(model), test_x, self.spec.mean, self.spec.std, r.train.eval_batch_size),
+                test_y,
+            )
+            record = {"epoch": epoch + 1, "train_loss": (loss_sum / max(seen, 1)).item(), "test_top1": metrics["top1"],
+                      "test_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
+                      "seconds": round(time.time() - start, 1)}  # fmt: skip
+            self.state.history.append(record)
+            self.state.epoch += 1
+            self.state.step_in_epoch = 0
+            if acc.is_main_process:
+                self._log("metrics.jsonl", record)
+                acc.print(json.dumps(record))
+            save_state_atomically(acc, self.run_dir)
+
+        result = self._finish(acc.unwrap_model(model), test_x, test_y)
+        acc.wait_for_everyone()
+        return result
+
+    def _finish(self, model: torch.nn.Module, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, Any]:
+        """Write the final weights and a result record (the export step's input)."""
+        metrics = accuracy(predict_logits(model, test_x, self.spec.mean, self.spec.std), test_y)
+        result = {"recipe": self.recipe.to_dict(), "recipe_path": self.recipe.path, "commit": git_commit(),
+                  "metrics": metrics, "history": self.state.history,
+                  "num_processes": self.accelerator.num_processes}  # fmt: skip
+        if self.accelerator.is_main_process:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            tmp = self.run_dir / "final.safetensors.tmp"
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            tmp.replace(self.run_dir / "final.safetensors")
+            (self.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result

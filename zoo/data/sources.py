@@ -1,0 +1,147 @@
+"""Where each dataset comes from, returned as a Hugging Face ``datasets.Dataset`` with columns image, label.
+
+- Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` when its files exist, else the Hub
+  (``zalando-datasets/fashion_mnist``).
+- CIFAR-10/100 and ImageNet-1k: a local image folder (``root=``, the ``imagefolder`` layout) or the Hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from zoo.data.idx import read_idx_images, read_idx_labels
+from zoo.errors import DataError
+
+FASHION_MNIST_DIR = Path(os.environ.get("ZOO_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_LABELS = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model trained on a dataset needs to know about it."""
+
+    name: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hub_id: str
+    hub_columns: tuple[str, str]  # (image column, label column) on the Hub
+    label_names: tuple[str, ...] | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "zalando-datasets/fashion_mnist",
+                    ("image", "label"), FASHION_MNIST_LABELS),
+        DatasetSpec("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                    "uoft-cs/cifar10", ("img", "label")),
+        DatasetSpec("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                    "uoft-cs/cifar100", ("img", "fine_label")),
+        DatasetSpec("imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "ILSVRC/imagenet-1k",
+                    ("image", "label")),
+    )
+}  # fmt: skip
+ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "in1k": "imagenet", "imagenet-1k": "imagenet"}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    key = ALIASES.get(name, name)
+    if key not in DATASETS:
+        raise DataError(f"Unknown dataset '{name}'. Known: {sorted(DATASETS)} (aliases {sorted(ALIASES)}).")
+    return DATASETS[key]
+
+
+def _fashion_mnist_from_debian(split: str) -> datasets.Dataset:
+    image_file, label_file = (FASHION_MNIST_DIR / f for f in FASHION_MNIST_FILES[split])
+    images = read_idx_images(image_file)
+    labels = read_idx_labels(label_file, num_classes=10)
+    if len(images) != len(labels):
+        raise DataError(f"'{image_file}' holds {len(images)} images but '{label_file}' {len(labels)} labels.")
+    features = datasets.Features(
+        {"image": datasets.Array2D(images.shape[1:], "uint8"), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)}
+    )
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def _from_hub(spec: DatasetSpec, split: str) -> datasets.Dataset:
+    image_col, label_col = spec.hub_columns
+    try:
+        ds = datasets.load_dataset(spec.hub_id, split=split)
+    except Exception as err:  # datasets raises many unrelated types for "unreachable"
+        raise DataError(
+            f"Could not load '{spec.name}' split '{split}' from the Hub ({spec.hub_id}): {err}. "
+            + (
+                "Install the Debian package dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`)."
+                if spec.name == "fashion_mnist"
+                else "Pass root=<folder> with the imagefolder layout (<root>/<split>/<class>/<image>)."
+            )
+        ) from err
+    if image_col != "image":
+        ds = ds.rename_column(image_col, "image")
+    return ds.rename_column(label_col, "label") if label_col != "label" else ds
+
+
+def _from_image_folder(root: Path, split: str, skip_unreadable: bool) -> datasets.Dataset:
+    from zoo.data.image_folder import load_image_folder
+
+    return load_image_folder(root / split, skip_unreadable=skip_unreadable)
+
+
+def load_dataset(
+    name: str, split: str = "train", root: str | os.PathLike | None = None, skip_unreadable: bool = False
+) -> datasets.Dataset:
+    """A split of a dataset as a ``datasets.Dataset`` with ``image`` and ``label`` columns."""
+    spec = dataset_spec(name)
+    if root is not None:
+        return _from_image_folder(Path(root), split, skip_unreadable)
+    if spec.name == "fashion_mnist" and split in FASHION_MNIST_FILES and FASHION_MNIST_DIR.is_dir():
+        return _fashion_mnist_from_debian(split)
+    return _from_hub(spec, split)
+
+
+def _decode(image: object, size: tuple[int, int, int]) -> np.ndarray:
+    """A PIL image or array -> C x H x W uint8 of the spec's size (centre crop after resize)."""
+    from PIL import Image
+
+    channels, height, width = size
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (width, height):
+        scale = max(width / image.width, height / image.height)
+        image = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))))
+        left, top = (image.width - width) // 2, (image.height - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def to_tensors(ds: datasets.Dataset, spec: DatasetSpec, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as (N x C x H x W uint8 images, N int64 labels) in memory."""
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    labels = torch.as_tensor(np.asarray(ds["label"], dtype=np.int64))
+    feature = ds.features["image"]
+    if isinstance(feature, (datasets.Array2D, datasets.Array3D)):
+        images = np.asarray(ds.with_format("numpy")[:]["image"], dtype=np.uint8)
+        images = images[:, None] if images.ndim == 3 else images
+    else:
+        decode: Callable[[object], np.ndarray] = lambda im: _decode(im, spec.input_size)  # noqa: E731
+        images = np.stack([decode(im) for im in ds["image"]]) if len(ds) else np.zeros((0, *spec.input_size), np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(images)), labels

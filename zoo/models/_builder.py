@@ -1,0 +1,79 @@
+"""How every zoo architecture is built: timm's builder with the zoo's verified weight loading.
+
+timm resolves the pretrained cfg, adapts ``num_classes``/``in_chans`` and wraps ``features_only``; the zoo
+decides where the weights come from (local ``models/`` -> HF cache -> Hub), checks their sha256, reads them
+as safetensors only and has timm load them strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._builder import resolve_pretrained_cfg
+from torch import nn
+
+from zoo.errors import ShapeMismatchError
+from zoo.hub import load_verified_state_dict
+from zoo.registry import checkpoint_model_args, with_releases
+
+_REMOTE_SOURCES = ("hf-hub", "local-dir")
+
+
+def default_cfgs_with_releases(base_cfgs: dict[str, dict[str, Any]]) -> dict:
+    """timm default cfgs for a family: untagged defaults plus one tag per released checkpoint."""
+    return generate_default_cfgs(with_releases(base_cfgs))
+
+
+def build_zoo_model(
+    model_cls: type[nn.Module],
+    variant: str,
+    pretrained: bool = False,
+    feature_cfg: dict[str, Any] | None = None,
+    pretrained_filter_fn: Callable | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build ``variant`` with timm's builder; with ``pretrained`` load verified weights strictly.
+
+    The tag's released ``model_args`` (e.g. pruned widths) are defaults for the constructor, so
+    ``resnet56_ucp.fmnist`` rebuilds the pruned shape whether or not weights are loaded.
+    """
+    pretrained_cfg = resolve_pretrained_cfg(
+        variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
+    )
+    kwargs.pop("cache_dir", None)
+    if pretrained_cfg.source not in _REMOTE_SOURCES:
+        released_args = checkpoint_model_args(variant, pretrained_cfg.tag)
+        for key, value in released_args.items():
+            kwargs.setdefault(key, value)
+        if released_args:
+            kwargs.setdefault("pretrained_model_args", released_args)
+
+    load_cfg = pretrained_cfg
+    if pretrained:
+        state_dict = load_verified_state_dict(pretrained_cfg)
+        load_cfg = dataclasses.replace(pretrained_cfg, state_dict=state_dict, source=None)
+    feature_cfg = dict(feature_cfg or {})
+    try:
+        model = build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_cfg=load_cfg,
+            feature_cfg=feature_cfg,
+            pretrained_strict=True,
+            pretrained_filter_fn=pretrained_filter_fn,
+            **kwargs,
+        )
+    except RuntimeError as err:
+        if pretrained and "state_dict" in str(err):
+            raise ShapeMismatchError(
+                f"The weights do not fit '{variant}' built with {kwargs or 'its default arguments'}: {err}\n"
+                "Fix: config.json's architecture and model_args must describe the saved weights "
+                "(re-export the checkpoint with `python -m training.export`)."
+            ) from err
+        raise
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg.to_dict()
+    return model

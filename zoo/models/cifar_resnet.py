@@ -1,0 +1,199 @@
+"""CIFAR-style ResNets of He et al. (2016): resnet20/32/44/56/110.
+
+Basic blocks, three stages of 16/32/64 channels, option-A shortcuts (stride-2 subsampling plus zero
+channel padding), global average pooling and one linear classifier. Every width is a constructor argument,
+so a channel-pruned checkpoint is rebuilt from ``config.json`` -> ``model_args`` alone:
+
+- ``stage_widths``: the residual (block output) width of each stage;
+- ``inner_widths``: the output width of the first conv of every block (the width channel pruning of
+  ResNet-56/110 changes), one entry per block in network order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import create_classifier
+from timm.models import register_model
+from torch import nn
+
+from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+
+__all__ = ["CifarResNet", "BasicBlock"]
+
+
+class OptionAShortcut(nn.Module):
+    """Parameter-free shortcut: subsample by ``stride`` and zero-pad the extra channels."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        if out_chs < in_chs:
+            raise ValueError(f"option-A shortcut cannot shrink channels ({in_chs} -> {out_chs})")
+        self.stride = stride
+        self.pad_front = (out_chs - in_chs) // 2
+        self.pad_back = out_chs - in_chs - self.pad_front
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.pad_front or self.pad_back:
+            x = F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
+        return x
+
+
+class BasicBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU."""
+
+    def __init__(self, in_chs: int, inner_chs: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, inner_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner_chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(inner_chs, out_chs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.act2 = nn.ReLU(inplace=True)
+        needs_projection = stride != 1 or in_chs != out_chs
+        self.shortcut = OptionAShortcut(in_chs, out_chs, stride) if needs_projection else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+def blocks_per_stage(depth: int) -> int:
+    """Blocks in each of the three stages of a CIFAR ResNet of the given depth (6n+2 layers)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+    return (depth - 2) // 6
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet with per-stage and per-block widths as constructor arguments."""
+
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        stage_widths: Sequence[int] = (16, 32, 64),
+        inner_widths: Sequence[int] | None = None,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        n = blocks_per_stage(depth)
+        stage_widths = [int(w) for w in stage_widths]
+        if len(stage_widths) != 3 or min(stage_widths) < 1:
+            raise ValueError(f"stage_widths must be three positive widths, got {stage_widths}")
+        inner_widths = [int(w) for w in inner_widths] if inner_widths is not None else None
+        if inner_widths is None:
+            inner_widths = [w for w in stage_widths for _ in range(n)]
+        if len(inner_widths) != 3 * n or min(inner_widths) < 1:
+            raise ValueError(f"inner_widths must be {3 * n} positive widths (one per block), got {inner_widths}")
+
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.conv1 = nn.Conv2d(in_chans, stage_widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stage_widths[0])
+        self.act1 = nn.ReLU(inplace=True)
+
+        self.feature_info = [dict(num_chs=stage_widths[0], reduction=1, module="act1")]
+        in_chs = stage_widths[0]
+        widths = iter(inner_widths)
+        for stage, out_chs in enumerate(stage_widths):
+            stride = 1 if stage == 0 else 2
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_chs, next(widths), out_chs, stride if i == 0 else 1))
+                in_chs = out_chs
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage, module=f"layer{stage + 1}"))
+
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "input_size": (3, 32, 32),
+        "pool_size": (8, 8),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.4914, 0.4822, 0.4465),
+        "std": (0.2470, 0.2435, 0.2616),
+        "num_classes": 10,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = default_cfgs_with_releases({f"resnet{d}": _cfg() for d in (20, 32, 44, 56, 110)})
+
+
+def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> CifarResNet:
+    return build_zoo_model(CifarResNet, variant, pretrained, depth=depth, **kwargs)
+
+
+@register_model
+def resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-20 for 32x32 (CIFAR) or 28x28 (Fashion-MNIST) inputs, full precision."""
+    return _create("resnet20", 20, pretrained, **kwargs)
+
+
+@register_model
+def resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-32 for 32x32 (CIFAR) or 28x28 (Fashion-MNIST) inputs, full precision."""
+    return _create("resnet32", 32, pretrained, **kwargs)
+
+
+@register_model
+def resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-44 for 32x32 (CIFAR) or 28x28 (Fashion-MNIST) inputs, full precision."""
+    return _create("resnet44", 44, pretrained, **kwargs)
+
+
+@register_model
+def resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-56 for 32x32 (CIFAR) or 28x28 (Fashion-MNIST) inputs, full precision."""
+    return _create("resnet56", 56, pretrained, **kwargs)
+
+
+@register_model
+def resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-110 for 32x32 (CIFAR) or 28x28 (Fashion-MNIST) inputs, full precision."""
+    return _create("resnet110", 110, pretrained, **kwargs)
