@@ -6,20 +6,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from hubserver import LoopbackHub
 from huggingface_hub import constants, file_download, hf_api
 from huggingface_hub.utils import _cache_manager, _http
-from hubserver import LoopbackHub
 
 #: Client timeouts (seconds) set by ``hf_env``; short, since the hub is on loopback.
 DEFAULT_CLIENT_TIMEOUT = 5
 
 
 class _InstantSleep:
-    """Stand-in for the ``time`` module inside ``huggingface_hub``: records ``sleep`` calls instead of sleeping."""
+    """Stand-in for ``time`` in ``huggingface_hub`` modules: records ``sleep`` calls instead of sleeping."""
 
     def __init__(self, sleeps: list[float]):
         self._sleeps = sleeps
@@ -62,8 +61,8 @@ class HfEnv:
     def set_timeouts(self, *, etag: float | None = None, download: float | None = None) -> None:
         """Set the client's metadata (``HEAD``) and download timeouts, in seconds.
 
-        Note: when a ``HEAD`` fails and nothing is cached, ``hf_hub_download`` retries it with a hard-coded 60 s
-        timeout (``file_download._ETAG_RETRY_TIMEOUT``) whatever is set here.
+        Note: when a ``HEAD`` fails and nothing is cached, ``hf_hub_download`` retries it with a hard-coded
+        60 s timeout (``file_download._ETAG_RETRY_TIMEOUT``), whatever is set here.
         """
         if etag is not None:
             self.monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", str(etag))
@@ -84,9 +83,9 @@ def loopback_hub() -> Iterator[LoopbackHub]:
 def hf_env(loopback_hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HfEnv]:
     """Point ``huggingface_hub`` at ``loopback_hub``, with caches and token under ``tmp_path``, online.
 
-    ``huggingface_hub`` copies its environment into ``huggingface_hub.constants`` at import time, so the fixture
-    sets both the env variables (for subprocesses) and the module attributes the client reads at call time. No
-    token is configured: pass ``token=...`` explicitly for write calls.
+    ``huggingface_hub`` copies its environment into ``huggingface_hub.constants`` at import time, so the
+    fixture sets both the env variables (for subprocesses) and the module attributes the client reads at call
+    time. No token is configured: pass ``token=...`` explicitly for write calls.
     """
     home, cache_dir = tmp_path / "hf_home", tmp_path / "hf_home" / "hub"
     env = HfEnv(hub=loopback_hub, home=home, cache_dir=cache_dir, monkeypatch=monkeypatch)
@@ -111,7 +110,7 @@ def hf_env(loopback_hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch.setattr(constants, name, constant_value)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HUGGINGFACE_CO_STAGING"):
         monkeypatch.delenv(name, raising=False)
-    _patch_derived_constants(monkeypatch, loopback_hub.endpoint, home, cache_dir)
+    _patch_derived_constants(env)
     for module in (_http, file_download):  # retry backoff (`_http`) and download resume (`file_download`)
         monkeypatch.setattr(module, "time", _InstantSleep(env.retry_sleeps))
 
@@ -120,9 +119,10 @@ def hf_env(loopback_hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.Monkey
     _http.close_session()
 
 
-def _patch_derived_constants(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path, cache_dir: Path) -> None:
+def _patch_derived_constants(env: HfEnv) -> None:
     """Patch the values ``huggingface_hub`` derives from its environment at import time."""
-    derived: list[tuple[ModuleType | object, str, Any]] = [
+    endpoint, home, cache_dir = env.endpoint, env.home, env.cache_dir
+    derived: list[tuple[object, str, Any]] = [
         (constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"),
         (constants, "HUGGINGFACE_HUB_CACHE", str(cache_dir)),
         (constants, "HUGGINGFACE_ASSETS_CACHE", str(home / "assets")),
@@ -134,4 +134,4 @@ def _patch_derived_constants(monkeypatch: pytest.MonkeyPatch, endpoint: str, hom
         (hf_api.api, "endpoint", endpoint),  # module-level HfApi behind `huggingface_hub.model_info` & co
     ]
     for target, name, value in derived:
-        monkeypatch.setattr(target, name, value)
+        env.monkeypatch.setattr(target, name, value)

@@ -3,27 +3,31 @@
 The real ``huggingface_hub`` client (2.4.x) can download from and upload to a :class:`LoopbackHub`:
 
 * ``HEAD``/``GET /{repo_id}/resolve/{revision}/{path}`` (with ``Range`` support), used by ``hf_hub_download``;
-* ``GET /api/models/{repo_id}[/revision/{revision}]`` and ``GET /api/models/{repo_id}/tree/{revision}[/{path}]``,
-  used by ``HfApi.model_info`` / ``repo_info`` / ``list_repo_tree`` and ``snapshot_download``;
+* ``GET /api/models/{repo_id}[/revision/{revision}]`` and
+  ``GET /api/models/{repo_id}/tree/{revision}[/{path}]``, used by ``HfApi.model_info`` / ``repo_info`` /
+  ``list_repo_tree`` and ``snapshot_download``;
 * ``POST /api/repos/create``, ``POST /api/models/{repo_id}/preupload/{revision}``,
-  ``POST /api/models/{repo_id}/commit/{revision}`` and ``POST /api/validate-yaml``, used by ``HfApi.create_repo``,
-  ``upload_file``, ``upload_folder`` and ``create_commit``. Every file is answered ``uploadMode: "regular"`` so the
-  client sends its bytes inline (base64) in the commit call: no LFS or Xet transfer is ever needed.
+  ``POST /api/models/{repo_id}/commit/{revision}`` and ``POST /api/validate-yaml``, used by
+  ``HfApi.create_repo``, ``upload_file``, ``upload_folder`` and ``create_commit``. Every file is answered
+  ``uploadMode: "regular"`` so the client sends its bytes inline (base64) in the commit call: no LFS or Xet
+  transfer is ever needed.
 
-Only model repos with ids of the form ``"namespace/name"`` are supported. The server binds ``127.0.0.1`` only, uses
-nothing but the standard library and keeps all state in memory.
+Only model repos with ids of the form ``"namespace/name"`` are supported. The server binds ``127.0.0.1`` only,
+uses nothing but the standard library and keeps all state in memory.
 
-Tests can inject faults through :attr:`LoopbackHub.faults` (see :class:`Faults`) and inspect the requests it has
-seen through :attr:`LoopbackHub.requests` / :attr:`LoopbackHub.log`.
+Tests can inject faults through :attr:`LoopbackHub.faults` (see :class:`Faults`) and inspect the requests it
+has seen through :attr:`LoopbackHub.requests` / :attr:`LoopbackHub.log`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +38,7 @@ from types import TracebackType
 from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-#: File suffixes served as Git LFS files (``X-Linked-Etag`` / ``X-Linked-Size`` headers, ``lfs`` tree metadata).
+#: Suffixes of files served as Git LFS files (``X-Linked-Etag``/``X-Linked-Size`` headers, ``lfs`` metadata).
 DEFAULT_LFS_SUFFIXES: tuple[str, ...] = (
     ".bin",
     ".ckpt",
@@ -51,6 +55,8 @@ DEFAULT_LFS_SUFFIXES: tuple[str, ...] = (
 #: Upper bound for :meth:`Faults.hang`, so that a test can never stall for long.
 MAX_HANG_SECONDS = 30.0
 DEFAULT_BRANCH = "main"
+#: How often the serving loop checks for ``stop()``; bounds how long ``stop()`` takes.
+_POLL_INTERVAL = 0.05
 
 _SEGMENT = r"[^/]+"
 _REPO = rf"(?P<repo>{_SEGMENT}/{_SEGMENT})"
@@ -66,7 +72,8 @@ def git_blob_sha(data: bytes) -> str:
 
 def lfs_pointer(data: bytes) -> bytes:
     """Return the Git LFS pointer file that stands for ``data`` in a git tree."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256_hex(data)}\nsize {len(data)}\n".encode()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256_hex(data)}\nsize {len(data)}\n"
+    return pointer.encode()
 
 
 def sha256_hex(data: bytes) -> str:
@@ -74,14 +81,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _object_id(name: str) -> str:
+    """A stable 24-hex id standing for the Hub's database ids."""
+    return hashlib.sha1(name.encode()).hexdigest()[:24]
+
+
 def _now_iso() -> str:
     """Current UTC time in the Hub's date format (``2024-01-31T12:00:00.000Z``)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Repository state
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -109,9 +121,9 @@ class Repo:
         return next((commit for commit in self.commits if commit.sha == sha), None)
 
 
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Fault injection
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 FaultKind = Literal["fail", "hang", "truncate", "swap"]
 
@@ -120,8 +132,8 @@ FaultKind = Literal["fail", "hang", "truncate", "swap"]
 class Fault:
     """One armed fault. ``remaining`` counts the requests it still applies to (``None`` means until cleared).
 
-    A request matches when its method equals ``method`` (if set) and ``match`` (if set) is a substring of its path
-    (the raw, still URL-quoted path, without the query string).
+    A request matches when its method equals ``method`` (if set) and ``match`` (if set) is a substring of its
+    path (the raw, still URL-quoted path, without the query string).
     """
 
     kind: FaultKind
@@ -146,12 +158,12 @@ class Fault:
 
 
 class Faults:
-    """Registry of faults to inject into upcoming requests. Each request consumes at most one fault of each kind.
+    """Faults to inject into upcoming requests. Each request consumes at most one fault of each kind.
 
     * :meth:`fail`: answer an HTTP error status instead of the real response;
     * :meth:`hang`: wait before answering (to trigger client timeouts);
     * :meth:`truncate`: announce the full ``Content-Length`` but close the connection after part of the body;
-    * :meth:`swap_content`: serve other bytes for a file under the same revision (the repo itself is unchanged).
+    * :meth:`swap_content`: serve other bytes for a file under the same revision (the repo is unchanged).
     """
 
     def __init__(self) -> None:
@@ -167,19 +179,23 @@ class Faults:
         method: str | None = None,
         error_code: str | None = None,
     ) -> Fault:
-        """Answer the next ``times`` matching requests with ``status`` (and ``X-Error-Code: error_code`` if set)."""
+        """Answer the next ``times`` matching requests with ``status`` (and ``X-Error-Code`` if given)."""
         return self._arm(Fault("fail", times, match, method, status=status, error_code=error_code))
 
     def hang(
         self, seconds: float, *, times: int | None = 1, match: str | None = None, method: str | None = None
     ) -> Fault:
-        """Wait ``seconds`` before answering the next ``times`` matching requests (interrupted by ``stop()``)."""
+        """Wait ``seconds`` before answering the next ``times`` matching requests (cut short by stop())."""
         if not 0 <= seconds <= MAX_HANG_SECONDS:
             raise ValueError(f"hang seconds must be within [0, {MAX_HANG_SECONDS}], got {seconds}")
         return self._arm(Fault("hang", times, match, method, seconds=seconds))
 
     def truncate(
-        self, *, times: int | None = 1, match: str | None = None, keep_bytes: int | None = None
+        self,
+        *,
+        times: int | None = 1,
+        match: str | None = None,
+        keep_bytes: int | None = None,
     ) -> Fault:
         """Cut the body of the next ``times`` matching ``GET`` responses after ``keep_bytes`` bytes.
 
@@ -189,14 +205,20 @@ class Faults:
         return self._arm(Fault("truncate", times, match, "GET", keep_bytes=keep_bytes))
 
     def swap_content(
-        self, data: bytes, *, match: str, keep_etag: bool = True, times: int | None = None
+        self,
+        data: bytes,
+        *,
+        match: str,
+        keep_etag: bool = True,
+        times: int | None = None,
     ) -> Fault:
         """Serve ``data`` for files whose ``resolve`` path contains ``match``, without creating a commit.
 
-        ``keep_etag=True``: ``ETag``, ``X-Linked-Etag`` and ``X-Linked-Size`` still describe the original file, so
-        the client believes it gets the file it knows (only ``Content-Length`` follows the served bytes, as HTTP
-        framing requires). ``keep_etag=False``: all headers describe ``data``, as if the file had been rewritten
-        in place under the same commit. Applies to ``HEAD`` and ``GET``; by default until :meth:`clear`.
+        ``keep_etag=True``: ``ETag``, ``X-Linked-Etag`` and ``X-Linked-Size`` still describe the original
+        file, so the client believes it gets the file it knows (only ``Content-Length`` follows the served
+        bytes, as HTTP framing requires). ``keep_etag=False``: all headers describe ``data``, as if the file
+        had been rewritten in place under the same commit. Applies to ``HEAD`` and ``GET``; by default until
+        :meth:`clear`.
         """
         return self._arm(Fault("swap", times, match, data=data, keep_etag=keep_etag))
 
@@ -229,9 +251,9 @@ class Faults:
         return fault
 
 
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # HTTP plumbing
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 class SeenRequest(NamedTuple):
@@ -285,13 +307,20 @@ class Response:
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         """A JSON response."""
-        return cls(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        return cls(status, json.dumps(payload).encode(), all_headers)
 
 
 class HubError(Exception):
-    """An error answered the way the Hub does: status, ``X-Error-Code``/``X-Error-Message`` and a JSON body."""
+    """An error answered as the Hub does: status, ``X-Error-Code``/``X-Error-Message`` and a JSON body."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -331,15 +360,18 @@ class _Server(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore clients that hang up early (e.g. after a client-side timeout); report other errors."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """Shut down every open client connection (keep-alive ones included)."""
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by the peer
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the peer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -379,7 +411,8 @@ class _Handler(BaseHTTPRequestHandler):
             response = HubError(failure.status, message, failure.error_code).to_response()
         else:
             response = hub.dispatch(Request(self.command, split.path, query, headers, body, {}))
-        self._write(response, hub.faults.take("truncate", self.command, split.path) if response.body else None)
+        truncation = hub.faults.take("truncate", self.command, split.path) if response.body else None
+        self._write(response, truncation)
 
     def _write(self, response: Response, truncation: Fault | None) -> None:
         self.send_response(response.status)
@@ -397,24 +430,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The hub
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 class LoopbackHub:
     """An in-memory Hugging Face Hub served on ``127.0.0.1`` (random free port), for tests.
 
-    Use it as a context manager, or call :meth:`start` / :meth:`stop`. Populate repos with :meth:`add_files` /
-    :meth:`add_folder` (each call is one commit on ``main``), arm faults with :attr:`faults`, and inspect the traffic
-    with :attr:`requests` (``(method, path)`` pairs) or :attr:`log` (full :class:`SeenRequest` records).
+    Use it as a context manager, or call :meth:`start` / :meth:`stop`. Populate repos with :meth:`add_files`
+    / :meth:`add_folder` (each call is one commit on ``main``), arm faults with :attr:`faults`, and inspect
+    the traffic with :attr:`requests` (``(method, path)`` pairs) or :attr:`log` (:class:`SeenRequest`).
 
     Write endpoints require an ``Authorization: Bearer <token>`` header (any non-empty token) and answer 401
     otherwise. Repos created through the API get an initial commit with no files, as on the Hub a new repo is
     never empty of commits.
     """
 
-    def __init__(self, *, lfs_suffixes: tuple[str, ...] = DEFAULT_LFS_SUFFIXES, username: str = "loopback-user"):
+    def __init__(
+        self,
+        *,
+        lfs_suffixes: tuple[str, ...] = DEFAULT_LFS_SUFFIXES,
+        username: str = "loopback-user",
+    ):
         """``lfs_suffixes``: files served as LFS; ``username``: namespace for ``create_repo`` without one."""
         self.faults = Faults()
         self.lfs_suffixes = lfs_suffixes
@@ -438,7 +476,7 @@ class LoopbackHub:
             ("POST", re.compile(r"/api/validate-yaml"), self._validate_yaml),
         ]
 
-    # ---- lifecycle ---------------------------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> LoopbackHub:
         """Start serving in a background thread. A restarted hub reuses its previous port."""
@@ -447,7 +485,9 @@ class LoopbackHub:
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self._port), self)
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(_POLL_INTERVAL,), name="loopback-hub", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -476,11 +516,6 @@ class LoopbackHub:
         self.stop()
 
     @property
-    def running(self) -> bool:
-        """Whether the hub is currently serving."""
-        return self._server is not None
-
-    @property
     def endpoint(self) -> str:
         """Base URL to use as ``HF_ENDPOINT``, e.g. ``http://127.0.0.1:54321``."""
         if not self._port:
@@ -491,7 +526,7 @@ class LoopbackHub:
         """Sleep up to ``seconds``; return ``True`` early if the hub is being stopped."""
         return self._stopping.wait(seconds)
 
-    # ---- traffic log -------------------------------------------------------------------------------------------
+    # ---- traffic log ---------------------------------------------------------------------------------------
 
     def record(self, request: SeenRequest) -> None:
         """Append a request to :attr:`log`."""
@@ -509,19 +544,19 @@ class LoopbackHub:
         """``(method, path)`` of every request seen so far (raw path, without the query string)."""
         return [(seen.method, seen.path) for seen in self.log]
 
-    # ---- repo content ------------------------------------------------------------------------------------------
+    # ---- repo content --------------------------------------------------------------------------------------
 
     def add_files(self, repo_id: str, files: dict[str, bytes], message: str = "Add files") -> str:
         """Commit ``files`` (path -> content) on ``main`` of ``repo_id`` (created if needed); return the sha.
 
-        Files of the previous commit that are not in ``files`` are kept, as in a git commit that only adds files.
+        Files of the previous commit that are not in ``files`` are kept, as in a git commit adding files.
         """
         with self._lock:
             repo = self._repos.get(repo_id) or self._create(repo_id)
             return self._commit_on_branch(repo, DEFAULT_BRANCH, message, lambda tree: tree.update(files))
 
     def add_folder(self, repo_id: str, folder: Path, message: str = "Add folder") -> str:
-        """Commit every file under ``folder`` (recursively, paths relative to it) on ``main``; return the sha."""
+        """Commit all files under ``folder`` (recursively, relative paths) on ``main``; return the sha."""
         files = {
             path.relative_to(folder).as_posix(): path.read_bytes()
             for path in sorted(Path(folder).rglob("*"))
@@ -537,11 +572,6 @@ class LoopbackHub:
     def head(self, repo_id: str, branch: str = DEFAULT_BRANCH) -> str:
         """The commit sha ``branch`` of ``repo_id`` points at."""
         return self._lookup(repo_id, branch).sha
-
-    def commits(self, repo_id: str) -> list[Commit]:
-        """The commits of ``repo_id``, oldest first."""
-        with self._lock:
-            return list(self._repo(repo_id).commits)
 
     def is_lfs(self, path: str) -> bool:
         """Whether ``path`` is served as an LFS file."""
@@ -585,7 +615,7 @@ class LoopbackHub:
                 raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
             return commit
 
-    # ---- routing -----------------------------------------------------------------------------------------------
+    # ---- routing -------------------------------------------------------------------------------------------
 
     def dispatch(self, request: Request) -> Response:
         """Route ``request`` to its endpoint and turn :class:`HubError` into error responses."""
@@ -597,13 +627,15 @@ class LoopbackHub:
                     return endpoint(request)
                 except HubError as err:
                     return err.to_response()
+                except (KeyError, TypeError, ValueError) as err:  # malformed JSON payload or NDJSON line
+                    return HubError(400, f"Malformed request: {err!r}").to_response()
         return HubError(404, f"No route for {request.method} {request.path}").to_response()
 
     def _require_token(self, request: Request) -> None:
         if request.bearer_token is None:
             raise HubError(401, "Invalid username or password.")
 
-    # ---- download endpoints ------------------------------------------------------------------------------------
+    # ---- download endpoints --------------------------------------------------------------------------------
 
     def _resolve(self, request: Request) -> Response:
         """``/{repo_id}/resolve/{revision}/{path}``: the file, with the Hub's metadata headers."""
@@ -640,7 +672,8 @@ class LoopbackHub:
             start, end = max(len(data) - int(last), 0), len(data) - 1
         if start >= len(data) or start > end:
             return Response(416, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
-        return Response(206, data[start : end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+        content_range = f"bytes {start}-{end}/{len(data)}"
+        return Response(206, data[start : end + 1], {**headers, "Content-Range": content_range})
 
     def _model_info(self, request: Request) -> Response:
         """``/api/models/{repo_id}[/revision/{revision}]``: model info with siblings."""
@@ -652,7 +685,7 @@ class LoopbackHub:
             created_at = self._repo(repo_id).created_at
         return Response.json(
             {
-                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "_id": _object_id(repo_id),
                 "id": repo_id,
                 "modelId": repo_id,
                 "author": repo_id.split("/")[0],
@@ -675,7 +708,11 @@ class LoopbackHub:
         if with_blobs:
             sibling.update(size=len(data), blobId=self._blob_oid(path, data))
             if self.is_lfs(path):
-                sibling["lfs"] = {"size": len(data), "sha256": sha256_hex(data), "pointerSize": len(lfs_pointer(data))}
+                sibling["lfs"] = {
+                    "size": len(data),
+                    "sha256": sha256_hex(data),
+                    "pointerSize": len(lfs_pointer(data)),
+                }
         return sibling
 
     def _blob_oid(self, path: str, data: bytes) -> str:
@@ -685,7 +722,8 @@ class LoopbackHub:
     def _tree(self, request: Request) -> Response:
         """``/api/models/{repo_id}/tree/{revision}[/{path}]``: files and folders, in a single page."""
         commit = self._lookup(request.params["repo"], request.params["rev"])
-        entries = list(self._tree_entries(commit, request.params.get("path", "").strip("/"), request.flag("recursive")))
+        folder = request.params.get("path", "").strip("/")
+        entries = list(self._tree_entries(commit, folder, request.flag("recursive")))
         if request.params.get("path") and not entries:
             raise HubError(404, f"Entry not found: {request.params['path']}", "EntryNotFound")
         return Response.json(entries)
@@ -702,15 +740,24 @@ class LoopbackHub:
             if recursive or len(parts) == 1:
                 yield self._file_entry(path, data)
         for path in sorted(folders):
-            yield {"type": "directory", "path": path, "oid": hashlib.sha1(f"{commit.sha}:{path}".encode()).hexdigest()}
+            yield {
+                "type": "directory",
+                "path": path,
+                "oid": hashlib.sha1(f"{commit.sha}:{path}".encode()).hexdigest(),
+            }
 
     def _file_entry(self, path: str, data: bytes) -> dict[str, Any]:
-        entry: dict[str, Any] = {"type": "file", "path": path, "size": len(data), "oid": self._blob_oid(path, data)}
+        entry: dict[str, Any] = {
+            "type": "file",
+            "path": path,
+            "size": len(data),
+            "oid": self._blob_oid(path, data),
+        }
         if self.is_lfs(path):
             entry["lfs"] = {"oid": sha256_hex(data), "size": len(data), "pointerSize": len(lfs_pointer(data))}
         return entry
 
-    # ---- upload endpoints --------------------------------------------------------------------------------------
+    # ---- upload endpoints ----------------------------------------------------------------------------------
 
     def _create_repo(self, request: Request) -> Response:
         """``POST /api/repos/create``: 200 with the repo url, 409 (with the url too) if it already exists."""
@@ -724,10 +771,10 @@ class LoopbackHub:
             if repo_id in self._repos:
                 return Response.json({"error": "You already created this model repo", "url": url}, 409)
             self._commit_on_branch(self._create(repo_id), DEFAULT_BRANCH, "initial commit", lambda tree: None)
-        return Response.json({"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
+        return Response.json({"url": url, "name": repo_id, "id": _object_id(repo_id)})
 
     def _preupload(self, request: Request) -> Response:
-        """``POST /api/models/{repo_id}/preupload/{revision}``: every file is to be sent inline ("regular")."""
+        """``POST /api/models/{repo_id}/preupload/{revision}``: every file is to be sent inline (regular)."""
         self._require_token(request)
         commit = self._lookup(request.params["repo"], request.params["rev"])
         files = [
@@ -761,7 +808,9 @@ class LoopbackHub:
             sha = self._commit_on_branch(
                 repo, branch, header["summary"], lambda tree: self._apply_operations(tree, lines[1:])
             )
-        return Response.json({"success": True, "commitOid": sha, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{sha}"})
+        return Response.json(
+            {"success": True, "commitOid": sha, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{sha}"}
+        )
 
     @staticmethod
     def _apply_operations(tree: dict[str, bytes], operations: list[dict[str, Any]]) -> None:
@@ -772,7 +821,8 @@ class LoopbackHub:
                 tree[value["path"]] = base64.b64decode(value["content"])
             elif key == "deletedFile":
                 if tree.pop(value["path"], None) is None:
-                    raise HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
+                    message = f"A file with this name doesn't exist: {value['path']}"
+                    raise HubError(404, message, "EntryNotFound")
             elif key == "deletedFolder":
                 prefix = value["path"].rstrip("/") + "/"
                 for path in [path for path in tree if path.startswith(prefix)]:

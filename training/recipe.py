@@ -55,6 +55,12 @@ class TrainSection:
 
 
 @dataclass
+class ExportSection:
+    method: str = "dense"  # names cards/methods/<method>.md
+    dense_parent: str | None = None  # checkpoint id of the uncompressed model this one derives from
+
+
+@dataclass
 class Recipe:
     id: str
     model: ModelSection
@@ -62,6 +68,7 @@ class Recipe:
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
+    export: ExportSection = field(default_factory=ExportSection)
     notes: str = ""
     path: str | None = None
 
@@ -73,6 +80,7 @@ class Recipe:
             "optimizer": OptimizerSection,
             "schedule": ScheduleSection,
             "train": TrainSection,
+            "export": ExportSection,
         }
         unknown = set(raw) - {"id", "notes", *sections}
         if unknown:

@@ -128,6 +128,7 @@ class Trainer:
         self.accelerator = accelerator or Accelerator()
         self.spec = dataset_spec(recipe.data.dataset)
         self.state = TrainState()
+        self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
     def _data(self) -> tuple[BatchIterator, tuple[torch.Tensor, torch.Tensor]]:
         r, acc = self.recipe, self.accelerator
@@ -185,7 +186,7 @@ class Trainer:
         while self.state.epoch < r.train.epochs:
             epoch = self.state.epoch
             model.train()
-            seen = correct = 0
+            seen = 0
             loss_sum = torch.zeros(())
             batches = loader.epoch(epoch, start_batch=self.state.step_in_epoch)
             bar = tqdm(batches, total=len(loader) - self.state.step_in_epoch, disable=not acc.is_main_process,
@@ -231,7 +232,7 @@ class Trainer:
     def _finish(self, model: torch.nn.Module, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, Any]:
         """Write the final weights and a result record (the export step's input)."""
         metrics = accuracy(predict_logits(model, test_x, self.spec.mean, self.spec.std), test_y)
-        result = {"recipe": self.recipe.to_dict(), "recipe_path": self.recipe.path, "commit": git_commit(),
+        result = {"recipe": self.recipe.to_dict(), "recipe_path": self.recipe.path, "commit": self.commit,
                   "metrics": metrics, "history": self.state.history,
                   "num_processes": self.accelerator.num_processes}  # fmt: skip
         if self.accelerator.is_main_process:

@@ -14,6 +14,7 @@ removed from the HF cache, so a later offline load cannot accept it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -104,10 +105,8 @@ def _evict_from_hf_cache(path: Path) -> None:
     """Remove a cached file and the blob it links to, so no later load can use it."""
     blob = path.resolve()
     for p in (path, blob):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             p.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def verify_sha256(path: Path, expected: str, in_hf_cache: bool = False) -> None:
@@ -117,8 +116,10 @@ def verify_sha256(path: Path, expected: str, in_hf_cache: bool = False) -> None:
         return
     if in_hf_cache:
         _evict_from_hf_cache(path)
-    where = "It was removed from the HF cache; loading again downloads a fresh copy." if in_hf_cache else (
-        "Restore the file (e.g. `git checkout -- <file>`) or re-export the checkpoint."
+    where = (
+        "It was removed from the HF cache; loading again downloads a fresh copy."
+        if in_hf_cache
+        else ("Restore the file (e.g. `git checkout -- <file>`) or re-export the checkpoint.")
     )
     raise IntegrityError(
         f"sha256 mismatch for {path}: expected {expected}, got {actual}. The file is truncated, altered or "
@@ -221,9 +222,11 @@ def resolve_from_hub(
         raise WeightsNotFoundError(
             f"Could not find {at}. Tried:\n- " + "\n- ".join(tried) + "\nCheck the repo id and revision."
         ) from err
-    except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, OSError) as err:
+    except Exception as err:  # transport errors surface as the HTTP client's own types (e.g. a truncated body)
         tried.append(f"Hugging Face Hub ({hf_constants.ENDPOINT}): unreachable or failed ({type(err).__name__}: {err})")
-        raise WeightsNotFoundError(f"Could not fetch {at}. Tried:\n- " + "\n- ".join(tried) + f"\n{_OFFLINE_HELP}") from err
+        raise WeightsNotFoundError(
+            f"Could not fetch {at}. Tried:\n- " + "\n- ".join(tried) + f"\n{_OFFLINE_HELP}"
+        ) from err
     return _resolve_folder(folder, f"HF Hub ({at})", expected_sha256)
 
 

@@ -166,7 +166,8 @@ default_cfgs = default_cfgs_with_releases({f"resnet{d}": _cfg() for d in (20, 32
 
 
 def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> CifarResNet:
-    return build_zoo_model(CifarResNet, variant, pretrained, depth=depth, **kwargs)
+    feature_cfg = {"out_indices": (0, 1, 2, 3)}  # stem + three stages
+    return build_zoo_model(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, depth=depth, **kwargs)
 
 
 @register_model

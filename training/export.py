@@ -1,0 +1,116 @@
+"""Export a finished run to ``models/<id>``: ``python -m training.export runs/<id> [--models-dir models]``.
+
+Accuracy, parameters, FLOPs/BOPs, size and sha256 are all measured here by code; golden logits on the
+first test images are stored under ``test/`` so tests can check the weights reproduce them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+import zoo  # noqa: F401  (registers the architectures)
+from training.recipe import Recipe
+from zoo.cards import render_card
+from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
+from zoo.data import dataset_spec, load_dataset, to_tensors
+from zoo.evaluate import accuracy, predict_logits
+from zoo.measure import model_summary
+from zoo.registry import models_dir, write_manifest
+
+GOLDEN_FILE = "test/golden.safetensors"
+GOLDEN_IMAGES = 16
+
+
+def describe_schedule(recipe: Recipe) -> str:
+    opt, sch, tr = recipe.optimizer, recipe.schedule, recipe.train
+    return (f"{tr.epochs} epochs, batch {tr.batch_size}, {opt.name} lr {opt.lr} ({sch.name}, "
+            f"warm-up {sch.warmup_fraction:.0%}), weight decay {opt.weight_decay}, seed {tr.seed}")  # fmt: skip
+
+
+def build_config(model: torch.nn.Module, recipe: Recipe, result: dict[str, Any], metrics: dict[str, Any]) -> dict:
+    """config.json: timm's fields at the root (so timm's hf-hub loader reads it) and the zoo's under ``zoo``."""
+    spec = dataset_spec(recipe.data.dataset)
+    summary = model_summary(model, spec.input_size)
+    binary = any(getattr(m, "binary", False) for m in model.modules())
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("architecture", "tag", "hf_hub_id",
+                      "sha256", "hf_hub_revision", "local_dir", "compression", "source", "file", "url")}  # fmt: skip
+    pretrained_cfg.update(
+        input_size=list(spec.input_size), mean=list(spec.mean), std=list(spec.std), num_classes=spec.num_classes,
+        crop_pct=1.0, label_names=list(spec.label_names) if spec.label_names else None,
+    )  # fmt: skip
+    recipe_path = result.get("recipe_path") or f"training/recipes/{recipe.id}.yaml"
+    return {
+        "architecture": recipe.model.architecture,
+        "num_classes": spec.num_classes,
+        "num_features": model.num_features,
+        "global_pool": "avg",
+        "model_args": dict(recipe.model.args),
+        "pretrained_cfg": {k: v for k, v in pretrained_cfg.items() if v is not None},
+        "zoo": {
+            "id": recipe.id,
+            "compression": {
+                "method": recipe.export.method,
+                "dense_parent": recipe.export.dense_parent,
+                "weight_bits": 1 if binary else 32,
+                "activation_bits": 1 if binary else 32,
+                **summary,
+            },
+            "metrics": {"dataset": spec.name, "dataset_hub_id": spec.hub_id, "split": "test", **metrics},
+            "training": {
+                "recipe": recipe_path,
+                "command": f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}",
+                "commit": result["commit"],
+                "schedule": describe_schedule(recipe),
+                "num_processes": result["num_processes"],
+                "history": result["history"],
+                "recipe_content": recipe.to_dict(),
+            },
+        },
+    }
+
+
+def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
+    """Write ``<dest_root>/<id>`` from a finished run and refresh the package manifest."""
+    result = json.loads((run_dir / "result.json").read_text())
+    recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
+    spec = dataset_spec(recipe.data.dataset)
+    model = timm.create_model(recipe.model.architecture, num_classes=spec.num_classes, in_chans=spec.input_size[0],
+                              **recipe.model.args)  # fmt: skip
+    model.load_state_dict(load_file(run_dir / "final.safetensors"), strict=True)
+    test_x, test_y = to_tensors(load_dataset(spec.name, "test"), spec)
+    logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)
+    metrics = accuracy(logits, test_y)
+    golden = {"images": test_x[:GOLDEN_IMAGES].contiguous(), "logits": logits[:GOLDEN_IMAGES].contiguous()}
+    dest_root = dest_root or models_dir()
+    config = write_checkpoint_folder(
+        dest_root / recipe.id,
+        state_dict_for_saving(model),
+        build_config(model, recipe, result, metrics),
+        render_card,
+        extra_files={GOLDEN_FILE: golden},
+    )
+    if dest_root.resolve() == models_dir().resolve():
+        write_manifest(dest_root)
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--models-dir", type=Path, help="default: the repository's models/")
+    args = parser.parse_args(argv)
+    config = export_run(args.run_dir, args.models_dir)
+    meta = config["zoo"]
+    print(f"exported {meta['id']}: top-1 {meta['metrics']['top1']:.2f}% "
+          f"sha256 {meta['files']['model.safetensors']['sha256'][:12]}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Model cards: ``cards/template.md`` + the method's text in ``cards/methods/<method>.md`` + config.json.
+
+Every number in a card comes from the checkpoint's config.json, which export computed by code.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from typing import Any
+
+from zoo.registry import repo_root
+
+CARDS_DIR = repo_root() / "cards"
+METHOD_SECTIONS = ("Summary", "Differences from the paper", "Limitations", "Citation")
+
+
+def method_text(method: str) -> dict[str, str]:
+    """The sections of ``cards/methods/<method>.md``, keyed by their ``## `` heading."""
+    text = (CARDS_DIR / "methods" / f"{method}.md").read_text()
+    sections: dict[str, str] = {}
+    for chunk in text.split("\n## ")[1:]:
+        heading, _, body = chunk.partition("\n")
+        sections[heading.strip()] = body.strip()
+    missing = [s for s in METHOD_SECTIONS if s not in sections]
+    if missing:
+        raise ValueError(f"cards/methods/{method}.md lacks the sections {missing}")
+    return sections
+
+
+def _front_matter(config: dict[str, Any], hf_org: str) -> str:
+    meta = config["zoo"]
+    comp, metrics = meta["compression"], meta["metrics"]
+    lines = [
+        "---",
+        "license: mit",
+        "library_name: timm",
+        "pipeline_tag: image-classification",
+        "tags:",
+        *[f"- {t}" for t in ("image-classification", "timm", "compressed-cnn-zoo", comp["method"])],
+        "datasets:",
+        f"- {metrics['dataset_hub_id']}",
+    ]
+    if comp.get("dense_parent"):
+        lines.append(f"base_model: {hf_org}/{comp['dense_parent']}")
+    lines += [
+        "metrics:",
+        "- accuracy",
+        "model-index:",
+        f"- name: {meta['id']}",
+        "  results:",
+        "  - task:",
+        "      type: image-classification",
+        "    dataset:",
+        f"      type: {metrics['dataset_hub_id']}",
+        f"      name: {metrics['dataset']}",
+        f"      split: {metrics['split']}",
+        "    metrics:",
+        "    - type: accuracy",
+        f"      name: top-1 accuracy ({metrics['num_samples']} images)",
+        f"      value: {metrics['top1']:.2f}",
+        "---",
+    ]
+    return "\n".join(lines)
+
+
+def _history_table(history: list[dict[str, Any]]) -> str:
+    rows = ["| epoch | train loss | test top-1 (%) | elapsed (s) |", "| --- | --- | --- | --- |"]
+    rows += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['test_top1']:.2f} | {h['seconds']} |" for h in history]
+    return "\n".join(rows)
+
+
+def render_card(config: dict[str, Any]) -> str:
+    """The README.md of a checkpoint folder."""
+    from zoo.registry import HF_ORG
+
+    meta = config["zoo"]
+    comp, metrics, training = meta["compression"], meta["metrics"], meta["training"]
+    text = method_text(comp["method"])
+    weights = meta["files"]["model.safetensors"]
+    values = {
+        "front_matter": _front_matter(config, HF_ORG),
+        "id": meta["id"],
+        "architecture": config["architecture"],
+        "hf_org": HF_ORG,
+        "summary": text["Summary"],
+        "differences": text["Differences from the paper"],
+        "limitations": text["Limitations"],
+        "citation": text["Citation"],
+        "dataset": metrics["dataset"],
+        "top1": f"{metrics['top1']:.2f}",
+        "top5": f"{metrics['top5']:.2f}",
+        "num_samples": metrics["num_samples"],
+        "params": f"{comp['params']:,}",
+        "flops": f"{comp['flops'] / 1e6:.2f} M",
+        "bops": f"{comp['bops'] / 1e6:.2f} M",
+        "ops": f"{comp['ops'] / 1e6:.2f} M",
+        "weight_bits": comp["weight_bits"],
+        "activation_bits": comp["activation_bits"],
+        "dense_parent": comp.get("dense_parent") or "none (this is a dense model)",
+        "size": f"{weights['size']:,} bytes",
+        "sha256": weights["sha256"],
+        "input_size": " x ".join(str(s) for s in config["pretrained_cfg"]["input_size"]),
+        "model_args": json.dumps(config.get("model_args", {})),
+        "recipe": training["recipe"],
+        "command": training["command"],
+        "commit": training["commit"],
+        "schedule": training["schedule"],
+        "num_processes": training["num_processes"],
+        "history": _history_table(training["history"]),
+    }
+    template = string.Template((CARDS_DIR / "template.md").read_text())
+    return template.substitute(values)
+
+
+def rerender_cards(check: bool = False) -> list[str]:
+    """Re-render every ``models/<id>/README.md``; return the ids whose card changed (or would, with ``check``)."""
+    from zoo.registry import CARD_NAME, models_dir
+
+    changed = []
+    for config_path in sorted(models_dir().glob("*/config.json")):
+        card = config_path.with_name(CARD_NAME)
+        rendered = render_card(json.loads(config_path.read_text()))
+        if not card.exists() or card.read_text() != rendered:
+            changed.append(config_path.parent.name)
+            if not check:
+                card.write_text(rendered)
+    return changed

@@ -1,0 +1,56 @@
+"""Writing a checkpoint folder (a complete Hugging Face model repo) atomically.
+
+Everything is written into a temporary sibling folder, then swapped in with renames, so a killed export
+never leaves a half-written ``models/<id>``: readers see the old folder or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from zoo.hub import file_sha256
+from zoo.registry import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def write_checkpoint_folder(
+    dest: Path,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    render_card: Callable[[dict[str, Any]], str],
+    extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
+    """Write weights, config.json (with the weights' sha256 and size) and the card; return the config."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        save_file(state_dict, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for rel, tensors in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp / rel), metadata={"format": "pt"})
+        weights = tmp / WEIGHTS_NAME
+        config = json.loads(json.dumps(config))  # a deep copy that is certainly JSON
+        config["zoo"]["files"] = {WEIGHTS_NAME: {"sha256": file_sha256(weights), "size": weights.stat().st_size}}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(render_card(config))
+        old = dest.with_name(f".{dest.name}.old")
+        if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return config

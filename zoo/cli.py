@@ -1,0 +1,196 @@
+"""The ``zoo`` command: list, inspect, evaluate, benchmark and publish the zoo's checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from zoo.errors import ZooError
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _list_rows() -> list[dict[str, Any]]:
+    from zoo.registry import load_manifest
+
+    rows = []
+    for cid, e in sorted(load_manifest().items()):
+        comp = e["compression"]
+        rows.append({
+            "id": cid,
+            "method": comp["method"],
+            "bits (W/A)": f"{comp['weight_bits']}/{comp['activation_bits']}",
+            "params": f"{comp['params'] / 1e6:.3f}M",
+            "FLOPs": f"{comp['flops'] / 1e6:.2f}M",
+            "BOPs": f"{comp['bops'] / 1e6:.2f}M",
+            "size": f"{e['file_size'] / 1e6:.2f}MB",
+            "top-1": f"{e['metrics']['top1']:.2f}",
+            "dataset": e["metrics"]["dataset"],
+        })  # fmt: skip
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from zoo.registry import load_manifest
+
+    if args.json:
+        print(json.dumps(load_manifest(), indent=2))
+    else:
+        rows = _list_rows()
+        print(_table(rows, list(rows[0]) if rows else ["id"]))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from zoo.registry import manifest_entry
+
+    entry = manifest_entry(args.id)
+    if args.json:
+        print(json.dumps(entry, indent=2))
+        return
+    comp, metrics = entry["compression"], entry["metrics"]
+    print(f"{entry['id']}  ({entry['architecture']}, method {comp['method']})")
+    print(f"  hub repo     {entry['hf_hub_id']} @ {entry.get('hf_hub_revision') or 'main (not yet pinned)'}")
+    print(f"  sha256       {entry['sha256']}  ({entry['file_size']:,} bytes)")
+    print(f"  input        {entry['pretrained_cfg']['input_size']}, {entry['pretrained_cfg']['num_classes']} classes")
+    print(f"  params       {comp['params']:,}   FLOPs {comp['flops']:,}   BOPs {comp['bops']:,}   OPs {comp['ops']:,}")
+    print(f"  bits (W/A)   {comp['weight_bits']}/{comp['activation_bits']}   dense parent: {comp['dense_parent']}")
+    print(f"  top-1/top-5  {metrics['top1']:.2f} / {metrics['top5']:.2f} on {metrics['dataset']} {metrics['split']}")
+    print(f"  model_args   {json.dumps(entry['model_args'])}")
+
+
+def evaluate_checkpoint(source: str, dataset: str | None, limit: int | None, progress: bool) -> dict[str, Any]:
+    """Load a checkpoint and measure top-1/top-5 on a test split."""
+    from zoo.api import from_pretrained
+    from zoo.data import dataset_spec, load_dataset, to_tensors
+    from zoo.evaluate import accuracy, predict_logits
+
+    model = from_pretrained(source)
+    cfg = model.pretrained_cfg
+    spec = dataset_spec(dataset or _checkpoint_dataset(source))
+    images, labels = to_tensors(load_dataset(spec.name, "test"), spec, limit=limit)
+    logits = predict_logits(model, images, tuple(cfg["mean"]), tuple(cfg["std"]), progress=progress)
+    return {"id": source, "dataset": spec.name, "split": "test", **accuracy(logits, labels)}
+
+
+def _checkpoint_dataset(source: str) -> str:
+    from zoo.hub import resolve_source
+
+    return resolve_source(source).config["zoo"]["metrics"]["dataset"]
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    result = evaluate_checkpoint(args.id, args.dataset, args.limit, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['id']} on {result['dataset']} test ({result['num_samples']} images): "
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%")  # fmt: skip
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from zoo.leaderboard import build_leaderboard
+
+    rows = build_leaderboard(cached=args.cached, limit=args.limit, write=not args.no_write)
+    print(_table(rows, ["id", "method", "top1", "top5", "params", "flops", "bops", "size_bytes", "recorded_top1"]))
+
+
+def cmd_bench_data(args: argparse.Namespace) -> None:
+    from zoo.bench import bench_data_pipeline
+
+    result = bench_data_pipeline(args.dataset, args.batch_size, args.batches)
+    print(json.dumps(result) if args.json else
+          f"{result['dataset']} training pipeline: {result['images_per_s']:,.0f} augmented images/s "
+          f"(batch {result['batch_size']}, {result['threads']} threads)")  # fmt: skip
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from zoo.publish import push_checkpoint
+
+    commit = push_checkpoint(args.id, args.repo, token=args.token, private=args.private, record=args.record)
+    print(f"pushed {args.id} to {args.repo} at commit {commit}")
+
+
+def cmd_manifest(args: argparse.Namespace) -> None:
+    from zoo.registry import write_manifest
+
+    print(f"manifest: {len(write_manifest())} released checkpoints")
+
+
+def cmd_cards(args: argparse.Namespace) -> None:
+    from zoo.cards import rerender_cards
+
+    changed = rerender_cards(check=args.check)
+    if args.check and changed:
+        sys.exit(f"model cards out of date: {changed}. Run `zoo cards` and commit the result.")
+    print(f"cards: {len(changed)} changed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="released checkpoints as a table")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="everything recorded about one checkpoint")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="top-1/top-5 on the full test split")
+    p.add_argument("id", help="registry id, hf-hub:<org>/<name>[@rev] or local-dir:<folder>")
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--limit", type=int, help="evaluate the first N test images only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("leaderboard", help="evaluate every released checkpoint and write cards/leaderboard.*")
+    p.add_argument("--cached", action="store_true", help="reuse results cached by sha256")
+    p.add_argument("--limit", type=int, help="evaluate the first N test images only (then nothing is written)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="target", required=True)
+    b = bench.add_parser("data", help="throughput of the augmented training input pipeline")
+    b.add_argument("--dataset", default="fashion_mnist")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--batches", type=int, default=200)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_data)
+
+    p = sub.add_parser("push", help="publish models/<id> to a Hugging Face Hub repo")
+    p.add_argument("id")
+    p.add_argument("--repo", required=True, help="<org>/<name>")
+    p.add_argument("--token", help="default: the token huggingface_hub finds (HF_TOKEN or `hf auth login`)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--record", action="store_true", help="pin the pushed commit in the registry")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("manifest", help="regenerate the package manifest from models/")
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("cards", help="re-render models/*/README.md from config.json and cards/")
+    p.add_argument("--check", action="store_true", help="fail if a committed card differs from its rendering")
+    p.set_defaults(func=cmd_cards)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ZooError as err:
+        sys.exit(f"zoo: error: {err}")
+
+
+if __name__ == "__main__":
+    main()
