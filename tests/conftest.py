@@ -135,3 +135,33 @@ def _patch_derived_constants(env: HfEnv) -> None:
     ]
     for target, name, value in derived:
         env.monkeypatch.setattr(target, name, value)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def released_ids() -> list[str]:
+    import zoo
+
+    return zoo.list_checkpoints()
+
+
+@pytest.fixture
+def checkpoint_copy(tmp_path: Path) -> Path:
+    """A private copy of the first released checkpoint folder, safe to damage."""
+    import shutil
+
+    from zoo.registry import models_dir
+
+    dest = tmp_path / "ckpt" / released_ids()[0]
+    shutil.copytree(models_dir() / released_ids()[0], dest)
+    return dest
+
+
+@pytest.fixture
+def no_local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the zoo's local hub at an empty folder, so registry ids resolve through the HF cache/Hub."""
+    empty = tmp_path / "empty_models"
+    empty.mkdir()
+    monkeypatch.setenv("ZOO_MODELS_DIR", str(empty))
+    return empty

@@ -52,6 +52,7 @@ class TrainSection:
     checkpoint_every: int = 200  # optimizer steps between resumable saves (also saved at each epoch end)
     eval_batch_size: int = 1000
     log_param_checksums: bool = False  # per-step weight checksums per rank (data-parallel tests)
+    objective: str = "cross_entropy"  # cross_entropy | ir2net (two-pass information-restriction loss)
 
 
 @dataclass

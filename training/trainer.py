@@ -19,13 +19,13 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import zoo  # noqa: F401  (registers the architectures)
+from training.objectives import get_objective
 from training.recipe import Recipe
 from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
@@ -43,6 +43,13 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def set_training_progress(model: torch.nn.Module, progress: float) -> None:
+    """Tell scheduled layers (e.g. EDE quantizers) how far training is, once per epoch."""
+    for module in model.modules():
+        if hasattr(module, "set_training_progress"):
+            module.set_training_progress(progress)
 
 
 class TrainState:
@@ -155,7 +162,8 @@ class Trainer:
         )
 
     def compute_loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(images), labels, label_smoothing=self.recipe.train.label_smoothing)
+        objective = get_objective(self.recipe.train.objective)
+        return objective(model, images, labels, self.recipe.train.label_smoothing)
 
     def _log(self, name: str, record: dict[str, Any]) -> None:
         with open(self.run_dir / name, "a") as f:
@@ -164,7 +172,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         r, acc = self.recipe, self.accelerator
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
+        if "OMP_NUM_THREADS" not in os.environ:  # share the cores between local processes unless told otherwise
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
         set_seed(r.train.seed)
         loader, (test_x, test_y) = self._data()
         model = self.build_model()
@@ -186,6 +195,7 @@ class Trainer:
         while self.state.epoch < r.train.epochs:
             epoch = self.state.epoch
             model.train()
+            set_training_progress(model, epoch / r.train.epochs)
             seen = 0
             loss_sum = torch.zeros(())
             batches = loader.epoch(epoch, start_batch=self.state.step_in_epoch)

@@ -37,7 +37,7 @@ from zoo.errors import (
     UnsafeFormatError,
     WeightsNotFoundError,
 )
-from zoo.registry import CONFIG_NAME, WEIGHTS_NAME, manifest_entry, models_dir
+from zoo.registry import CONFIG_NAME, WEIGHTS_NAME, load_manifest, manifest_entry, models_dir
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -217,6 +217,11 @@ def resolve_from_hub(
         raise WeightsNotFoundError(f"Could not find {at}. Tried:\n- " + "\n- ".join(tried) + f"\n{_OFFLINE_HELP}")
     try:
         folder = _hub_download(repo_id, revision, local_only=False)
+    except hf_errors.LocalEntryNotFoundError as err:  # the Hub could not be reached (it subclasses EntryNotFound)
+        tried.append(f"Hugging Face Hub ({hf_constants.ENDPOINT}): unreachable ({err.__cause__ or err})")
+        raise WeightsNotFoundError(
+            f"Could not fetch {at}. Tried:\n- " + "\n- ".join(tried) + f"\n{_OFFLINE_HELP}"
+        ) from err
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as err:
         tried.append(f"Hugging Face Hub ({hf_constants.ENDPOINT}): {type(err).__name__}")
         raise WeightsNotFoundError(
@@ -262,13 +267,15 @@ def load_verified_state_dict(pretrained_cfg: Any) -> dict[str, torch.Tensor]:
         path = Path(pretrained_cfg.file)
         if not path.is_file():
             raise WeightsNotFoundError(f"pretrained_cfg file '{path}' does not exist.")
+        refuse_pickle(path)
         if expected:
             verify_sha256(path, expected)
         return read_safetensors(path)
     if expected is None:
+        arch = pretrained_cfg.architecture
+        tags = sorted(e["id"] for e in load_manifest().values() if e["architecture"] == arch)
         raise WeightsNotFoundError(
-            f"'{pretrained_cfg.architecture}' has no released weights"
-            + (f" with tag '{pretrained_cfg.tag}'" if pretrained_cfg.tag else "")
-            + ". Create it with pretrained=False, or pick a released id from `zoo list`."
+            f"No released weights for '{arch}' with this tag. Released: {tags or 'none'}. "
+            "Create it with pretrained=False, or pick a released id from `zoo list`."
         )
     return resolve_registry(f"{pretrained_cfg.architecture}.{pretrained_cfg.tag}").load_state_dict()

@@ -1,0 +1,42 @@
+"""Regenerate released checkpoints: ``python -m training.regenerate [id ...]`` trains and exports each recipe.
+
+Without ids it regenerates every recipe in ``training/recipes/`` that names a released checkpoint. Runs
+resume from ``runs/<id>/state`` if interrupted; a finished run (``runs/<id>/result.json``) is only exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.export import export_run
+from training.recipe import Recipe
+from training.trainer import Trainer
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+
+
+def release_recipes() -> dict[str, Path]:
+    """Recipe path per checkpoint id, for the recipes named ``<id>.yaml``."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("ids", nargs="*", help="checkpoint ids (default: all release recipes)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    args = parser.parse_args(argv)
+    recipes = release_recipes()
+    unknown = sorted(set(args.ids) - set(recipes))
+    if unknown:
+        parser.error(f"no recipe for {unknown}; known: {sorted(recipes)}")
+    for checkpoint_id in args.ids or list(recipes):
+        run_dir = args.runs_dir / checkpoint_id
+        if not (run_dir / "result.json").exists():
+            Trainer(Recipe.load(recipes[checkpoint_id]), run_dir).fit()
+        export_run(run_dir)
+        print(f"regenerated models/{checkpoint_id}")
+
+
+if __name__ == "__main__":
+    main()
