@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from safetensors.torch import load_file
 
 import zoo  # noqa: F401  (registers the architectures)
 from training.recipe import Recipe
+from training.trainer import create_recipe_model
 from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
@@ -50,7 +50,7 @@ def build_config(model: torch.nn.Module, recipe: Recipe, result: dict[str, Any],
         "architecture": recipe.model.architecture,
         "num_classes": spec.num_classes,
         "num_features": model.num_features,
-        "global_pool": "avg",
+        "global_pool": getattr(getattr(model, "global_pool", None), "pool_type", ""),
         "model_args": dict(recipe.model.args),
         "pretrained_cfg": {k: v for k, v in pretrained_cfg.items() if v is not None},
         "zoo": {
@@ -81,8 +81,7 @@ def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
     result = json.loads((run_dir / "result.json").read_text())
     recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
     spec = dataset_spec(recipe.data.dataset)
-    model = timm.create_model(recipe.model.architecture, num_classes=spec.num_classes, in_chans=spec.input_size[0],
-                              **recipe.model.args)  # fmt: skip
+    model = create_recipe_model(recipe)
     model.load_state_dict(load_file(run_dir / "final.safetensors"), strict=True)
     test_x, test_y = to_tensors(load_dataset(spec.name, "test"), spec)
     logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)

@@ -14,6 +14,15 @@ import yaml
 class ModelSection:
     architecture: str
     args: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # safetensors to start from, loaded non-strictly (two-step training, step 2)
+
+
+@dataclass
+class TeacherSection:
+    """A frozen teacher for distillation objectives (torchvision architecture names)."""
+
+    architecture: str = "resnet34"
+    pretrained: bool = True  # torchvision's ImageNet weights; False only for smoke tests
 
 
 @dataclass
@@ -24,6 +33,7 @@ class DataSection:
     holdout: int = 0  # training images kept out of training, for any selection (never the test split)
     limit: int | None = None  # use only the first N training images (smoke tests)
     test_limit: int | None = None
+    root: str | None = None  # a local <root>/<split>/<class>/<image> folder instead of the default source
 
 
 @dataclass
@@ -34,11 +44,12 @@ class OptimizerSection:
     nesterov: bool = False
     weight_decay: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    decay: str = "matrices"  # matrices: >1-D parameters | all | conv: 4-D ones and names containing "conv"
 
 
 @dataclass
 class ScheduleSection:
-    name: str = "cosine"  # cosine | onecycle | constant
+    name: str = "cosine"  # cosine | linear | constant
     warmup_fraction: float = 0.0
 
 
@@ -52,7 +63,8 @@ class TrainSection:
     checkpoint_every: int = 200  # optimizer steps between resumable saves (also saved at each epoch end)
     eval_batch_size: int = 1000
     log_param_checksums: bool = False  # per-step weight checksums per rank (data-parallel tests)
-    objective: str = "cross_entropy"  # cross_entropy | ir2net (two-pass information-restriction loss)
+    objective: str = "cross_entropy"  # see training/objectives.py
+    teacher: TeacherSection | None = None
 
 
 @dataclass
@@ -94,11 +106,24 @@ class Recipe:
                 if bad:
                     raise ValueError(f"recipe {path or ''}: unknown keys {sorted(bad)} in '{name}'")
                 kwargs[name] = section(**raw[name])
+        if isinstance(kwargs.get("train"), TrainSection) and isinstance(kwargs["train"].teacher, dict):
+            kwargs["train"].teacher = TeacherSection(**kwargs["train"].teacher)
         return cls(**kwargs)
 
     @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()), str(path))
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """Read a YAML recipe, applying ``section.key=value`` overrides (values parsed as YAML)."""
+        raw = yaml.safe_load(Path(path).read_text())
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override '{item}' must look like section.key=value")
+            *parents, leaf = key.split(".")
+            node = raw
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value)
+        return cls.from_dict(raw, str(path))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

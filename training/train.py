@@ -19,8 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, help="default: runs/<recipe id>")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (smoke runs)")
     parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set data.root=/data/cifar10 --set train.batch_size=256",
+    )
     args = parser.parse_args(argv)
-    recipe = Recipe.load(args.recipe)
+    recipe = Recipe.load(args.recipe, overrides=args.set)
     if args.epochs is not None:
         recipe.train.epochs = args.epochs
     if args.limit is not None:

@@ -19,16 +19,18 @@ from typing import Any
 
 import timm
 import torch
+import torchvision
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import zoo  # noqa: F401  (registers the architectures)
-from training.objectives import get_objective
+from training.objectives import ObjectiveContext, get_objective
 from training.recipe import Recipe
 from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
+from zoo.hub import read_safetensors
 
 STATE_DIR = "state"
 
@@ -55,16 +57,25 @@ def set_training_progress(model: torch.nn.Module, progress: float) -> None:
 class TrainState:
     """Where the run is: registered with Accelerate so it is saved and restored with the weights."""
 
-    def __init__(self) -> None:
+    def __init__(self, recipe: dict[str, Any] | None = None) -> None:
+        self.recipe = recipe  # the recipe that wrote this state: resuming under another one is refused
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
+        self.epoch_loss_sum = 0.0  # of the current epoch's batches so far (this rank)
+        self.epoch_seen = 0
+        self.elapsed = 0.0  # training seconds over all sessions of the run
         self.history: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.recipe is not None and state.get("recipe") != self.recipe:
+            raise ValueError(
+                "The saved training state was written by a different recipe (or different overrides). Resume with "
+                "the same recipe, or start fresh: delete the run's state/ folder or pass another --run-dir."
+            )
         vars(self).update(state)
 
 
@@ -75,16 +86,28 @@ def lr_factor(schedule: str, warmup_fraction: float, step: int, total: int) -> f
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule in ("cosine", "onecycle"):
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    raise ValueError(f"unknown schedule '{schedule}' (use cosine, onecycle or constant)")
+    progress = min((step - warmup) / max(1, total - warmup), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(f"unknown schedule '{schedule}' (use cosine, linear or constant)")
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     opt = recipe.optimizer
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    # "all" is the papers' CIFAR rule; "conv" the IR²Net ImageNet rule (4-D weights and names containing "conv").
+    rules = {
+        "matrices": lambda name, p: p.ndim > 1,
+        "all": lambda name, p: True,
+        "conv": lambda name, p: p.ndim == 4 or "conv" in name,
+    }
+    if opt.decay not in rules:
+        raise ValueError(f"unknown decay rule '{opt.decay}' (use one of {sorted(rules)})")
+    decays = rules[opt.decay]
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if decays(n, p)]
+    no_decay = [p for n, p in named if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
@@ -95,10 +118,22 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optim
     raise ValueError(f"unknown optimizer '{opt.name}' (use sgd, adam or adamw)")
 
 
+def create_recipe_model(recipe: Recipe) -> torch.nn.Module:
+    """The recipe's architecture, shaped for its dataset (classes, channels and, where fixed, image size)."""
+    spec = dataset_spec(recipe.data.dataset)
+    kwargs = {"num_classes": spec.num_classes, "in_chans": spec.input_size[0]}
+    if timm.models.get_pretrained_cfg(recipe.model.architecture).fixed_input_size:
+        kwargs["img_size"] = spec.input_size[1:]
+    return timm.create_model(recipe.model.architecture, pretrained=False, **{**kwargs, **recipe.model.args})
+
+
 def param_checksum(model: torch.nn.Module) -> int:
-    """A bit-exact fingerprint of all weights (to compare replicas across ranks)."""
+    """A bit-exact fingerprint of the parameters, which data-parallel replicas must share.
+
+    Buffers are left out: each rank updates BatchNorm's running statistics from its own part of the batch.
+    """
     crc = 0
-    for t in model.state_dict().values():
+    for t in model.parameters():
         crc = zlib.crc32(t.detach().cpu().contiguous().numpy().tobytes(), crc)
     return crc
 
@@ -132,18 +167,21 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: str | Path, accelerator: Accelerator | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
-        self.accelerator = accelerator or Accelerator()
+        # cpu=True is what makes Accelerate use MULTI_CPU (gloo) under torchrun when no GPU is present.
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.spec = dataset_spec(recipe.data.dataset)
-        self.state = TrainState()
+        self.state = TrainState(recipe.to_dict())
+        self.objective = get_objective(recipe.train.objective)
+        self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
     def _data(self) -> tuple[BatchIterator, tuple[torch.Tensor, torch.Tensor]]:
         r, acc = self.recipe, self.accelerator
-        train_x, train_y = to_tensors(load_dataset(r.data.dataset, "train"), self.spec, limit=r.data.limit)
+        train_x, train_y = to_tensors(load_dataset(r.data.dataset, "train", r.data.root), self.spec, limit=r.data.limit)
         if r.data.holdout:
             keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(r.train.seed))
             train_x, train_y = train_x[keep[r.data.holdout :]], train_y[keep[r.data.holdout :]]
-        test = to_tensors(load_dataset(r.data.dataset, "test"), self.spec, limit=r.data.test_limit)
+        test = to_tensors(load_dataset(r.data.dataset, "test", r.data.root), self.spec, limit=r.data.test_limit)
         transform = BatchAugment(self.spec.mean, self.spec.std, r.data.crop_padding, r.data.hflip)
         loader = BatchIterator(
             train_x, train_y, r.train.batch_size, transform, shuffle=True, augment=True, seed=r.train.seed,
@@ -153,17 +191,22 @@ class Trainer:
 
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
-        return timm.create_model(
-            r.model.architecture,
-            pretrained=False,
-            num_classes=self.spec.num_classes,
-            in_chans=self.spec.input_size[0],
-            **r.model.args,
-        )
+        model = create_recipe_model(r)
+        if r.model.init_from:  # step 2 of two-step training starts from step 1, non-strictly as the papers do
+            missing, unexpected = model.load_state_dict(read_safetensors(Path(r.model.init_from)), strict=False)
+            self.accelerator.print(f"init_from {r.model.init_from}: missing {missing}, unexpected {unexpected}")
+        return model
+
+    def build_teacher(self) -> torch.nn.Module | None:
+        spec = self.recipe.train.teacher
+        if spec is None:
+            return None
+        weights = torchvision.models.get_model_weights(spec.architecture).DEFAULT if spec.pretrained else None
+        teacher = torchvision.models.get_model(spec.architecture, weights=weights)
+        return teacher.eval().requires_grad_(False).to(self.accelerator.device)
 
     def compute_loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        objective = get_objective(self.recipe.train.objective)
-        return objective(model, images, labels, self.recipe.train.label_smoothing)
+        return self.objective(model, images, labels, self.objective_context)
 
     def _log(self, name: str, record: dict[str, Any]) -> None:
         with open(self.run_dir / name, "a") as f:
@@ -177,6 +220,7 @@ class Trainer:
         set_seed(r.train.seed)
         loader, (test_x, test_y) = self._data()
         model = self.build_model()
+        self.objective_context.teacher = self.build_teacher()
         if r.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(r, model)
@@ -191,13 +235,11 @@ class Trainer:
             acc.load_state(str(resume_from))
             acc.print(f"resumed from {resume_from}: epoch {self.state.epoch}, batch {self.state.step_in_epoch}")
 
-        start = time.time()
         while self.state.epoch < r.train.epochs:
             epoch = self.state.epoch
             model.train()
             set_training_progress(model, epoch / r.train.epochs)
-            seen = 0
-            loss_sum = torch.zeros(())
+            session_start, elapsed_before = time.time(), self.state.elapsed
             batches = loader.epoch(epoch, start_batch=self.state.step_in_epoch)
             bar = tqdm(batches, total=len(loader) - self.state.step_in_epoch, disable=not acc.is_main_process,
                        desc=f"epoch {epoch + 1}/{r.train.epochs}", unit="batch")  # fmt: skip
@@ -209,8 +251,9 @@ class Trainer:
                 acc.backward(loss)
                 optimizer.step()
                 scheduler.step()
-                loss_sum += loss.detach() * len(labels)
-                seen += len(labels)
+                self.state.epoch_loss_sum += loss.item() * len(labels)
+                self.state.epoch_seen += len(labels)
+                self.state.elapsed = elapsed_before + time.time() - session_start
                 self.state.step_in_epoch += 1
                 self.state.global_step += 1
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
@@ -224,12 +267,14 @@ class Trainer:
                 predict_logits(acc.unwrap_model(model), test_x, self.spec.mean, self.spec.std, r.train.eval_batch_size),
                 test_y,
             )
-            record = {"epoch": epoch + 1, "train_loss": (loss_sum / max(seen, 1)).item(), "test_top1": metrics["top1"],
+            train_loss = self.state.epoch_loss_sum / max(self.state.epoch_seen, 1)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "test_top1": metrics["top1"],
                       "test_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
-                      "seconds": round(time.time() - start, 1)}  # fmt: skip
+                      "seconds": round(self.state.elapsed, 1)}  # fmt: skip
             self.state.history.append(record)
             self.state.epoch += 1
-            self.state.step_in_epoch = 0
+            self.state.step_in_epoch = self.state.epoch_seen = 0
+            self.state.epoch_loss_sum = 0.0
             if acc.is_main_process:
                 self._log("metrics.jsonl", record)
                 acc.print(json.dumps(record))

@@ -34,6 +34,7 @@ def write_checkpoint_folder(
     """Write weights, config.json (with the weights' sha256 and size) and the card; return the config."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a published folder is world-readable
     try:
         save_file(state_dict, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         for rel, tensors in (extra_files or {}).items():
@@ -44,6 +45,8 @@ def write_checkpoint_folder(
         config["zoo"]["files"] = {WEIGHTS_NAME: {"sha256": file_sha256(weights), "size": weights.stat().st_size}}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(render_card(config))
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         old = dest.with_name(f".{dest.name}.old")
         if dest.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -23,7 +23,10 @@ def _readable(path: Path) -> bool:
 
 
 def load_image_folder(folder: Path, skip_unreadable: bool = False) -> datasets.Dataset:
-    """Classes are the sorted sub-folder names. Unreadable images raise, or are skipped with a count."""
+    """Classes are the sorted sub-folder names (or their integer values when every name is a number).
+
+    Unreadable images raise, or are skipped with a warning that counts them.
+    """
     if not folder.is_dir():
         raise DataError(f"No image folder at '{folder}'. Expected the layout <root>/<split>/<class>/<image>.")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -46,5 +49,9 @@ def load_image_folder(folder: Path, skip_unreadable: bool = False) -> datasets.D
         )
     if bad:
         warnings.warn(f"Skipped {len(bad)} unreadable image(s) in '{folder}'.", stacklevel=2)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    names = classes
+    if all(c.isdigit() for c in classes):  # folders named by class index (e.g. ImageNet ids): keep the index
+        labels = [int(classes[i]) for i in labels]
+        names = [str(i) for i in range(max(labels, default=-1) + 1)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     return datasets.Dataset.from_dict({"image": paths, "label": labels}, features=features)

@@ -10,6 +10,9 @@ Backward estimators (each one ``torch.autograd.Function``, so the whole quantize
 - ``approx``: Bi-Real's ApproxSign, dL/dx = dL/dy * max(0, 2 - 2|x|) (binary activations);
 - ``ede``: IR-Net's error decay estimator, dL/dx = dL/dy * k * t * (1 - tanh²(t x)), with t and k
   following :func:`ede_schedule` over training (SD-BNN on CIFAR, weights and activations).
+
+``identity`` leaves the tensor real-valued: step 1 of the papers' two-step ImageNet training keeps the
+weights real while the activations are already binary.
 """
 
 from __future__ import annotations
@@ -69,13 +72,13 @@ def ede_schedule(progress: float, t_min: float = 1e-3, t_max: float = 10.0) -> t
 
 
 class SignQuantizer(nn.Module):
-    """sign with a chosen backward estimator: ``ste``, ``approx`` or ``ede``.
+    """sign with a chosen backward estimator: ``ste``, ``approx`` or ``ede`` (or ``identity``: no sign).
 
     ``ede`` quantizers follow :func:`ede_schedule`; the trainer calls :meth:`set_training_progress` once per
     epoch (as IR-Net does).
     """
 
-    ESTIMATORS = ("ste", "approx", "ede")
+    ESTIMATORS = ("ste", "approx", "ede", "identity")
 
     def __init__(self, estimator: str = "approx", t_min: float = 1e-3, t_max: float = 10.0) -> None:
         super().__init__()
@@ -88,6 +91,8 @@ class SignQuantizer(nn.Module):
         self.t, self.k = ede_schedule(progress, self.t_min, self.t_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.estimator == "identity":
+            return x
         if self.estimator == "ste":
             return _SignSTE.apply(x)
         if self.estimator == "approx":

@@ -40,6 +40,8 @@ class SelfDistributionBinaryConv2d(BinaryConv2d):
         self.asd = ActivationSelfDistribution(in_channels, asd_reduction)
 
     def shifted_weight(self) -> torch.Tensor:
+        if self.weight_quantizer.estimator == "identity":  # two-step step 1: real weights, WSD comes with step 2
+            return self.weight
         filter_mean = self.weight.mean(dim=(1, 2, 3), keepdim=True).detach()
         return self.weight + torch.sigmoid(self.alpha)[:, None, None, None] * WSD_SCALE * filter_mean
 

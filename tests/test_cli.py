@@ -1,0 +1,119 @@
+"""The ``zoo`` command, run in-process through ``zoo.cli.main`` (and once through the installed entry point)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.cli import main
+from zoo.registry import load_manifest
+
+RELEASED = zoo.list_checkpoints()
+ZOO_EXE = Path(sys.executable).parent / "zoo"
+
+
+def run_cli(capsys, *argv: str) -> str:
+    capsys.readouterr()  # drop anything printed before
+    main(list(argv))
+    return capsys.readouterr().out
+
+
+def test_released_ids_come_from_the_manifest():
+    assert sorted(load_manifest()) == RELEASED
+    assert RELEASED, "zoo/_manifest.json lists no released checkpoint"
+
+
+def test_bench_data_json(capsys):
+    result = json.loads(run_cli(capsys, "bench", "data", "--json", "--batches", "20"))
+    assert result["dataset"] == "fashion_mnist"
+    assert result["batch_size"] == 128
+    assert result["images"] >= 20 * 128
+    assert result["seconds"] > 0
+    assert result["images_per_s"] > 0  # speed itself is the benchmark's business, not a test's
+    assert result["threads"] >= 1
+
+
+def test_list_table(capsys):
+    out = run_cli(capsys, "list")
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "id"
+    assert set(lines[1]) <= {"-", " "}
+    listed = [line.split()[0] for line in lines[2:]]
+    assert listed == RELEASED
+
+
+def test_list_json(capsys):
+    manifest = json.loads(run_cli(capsys, "list", "--json"))
+    assert sorted(manifest) == RELEASED
+    for cid, entry in manifest.items():
+        assert entry["id"] == cid
+        assert len(entry["sha256"]) == 64
+
+
+@pytest.mark.parametrize("checkpoint_id", RELEASED)
+def test_info(capsys, checkpoint_id):
+    entry = load_manifest()[checkpoint_id]
+    out = run_cli(capsys, "info", checkpoint_id)
+    assert out.splitlines()[0].startswith(f"{checkpoint_id}  ({entry['architecture']}, method ")
+    assert entry["sha256"] in out
+    assert f"{entry['metrics']['top1']:.2f}" in out
+    assert json.loads(run_cli(capsys, "info", checkpoint_id, "--json")) == entry
+
+
+@pytest.mark.parametrize("checkpoint_id", RELEASED)
+def test_eval_limit_json(capsys, checkpoint_id):
+    result = json.loads(run_cli(capsys, "eval", checkpoint_id, "--limit", "200", "--json"))
+    assert result["id"] == checkpoint_id
+    assert result["dataset"] == load_manifest()[checkpoint_id]["metrics"]["dataset"]
+    assert result["split"] == "test"
+    assert result["num_samples"] == 200
+    assert 0 <= result["top1"] <= 100
+    assert result["top1"] <= result["top5"] <= 100
+
+
+def test_info_unknown_id_is_a_clean_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["info", "no_such.model"])
+    message = info.value.code
+    assert isinstance(message, str), "a ZooError must become a message, not a traceback or a bare status"
+    assert message.startswith("zoo: error:")
+    assert "no_such.model" in message
+    assert "zoo list" in message or any(cid in message for cid in RELEASED)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("typo", ["resnet20.fmnst", "resnt20.fmnist"])
+def test_info_near_miss_suggests_the_released_id(typo):
+    if "resnet20.fmnist" not in RELEASED:
+        pytest.skip("resnet20.fmnist is not released")
+    with pytest.raises(SystemExit) as info:
+        main(["info", typo])
+    assert info.value.code.startswith("zoo: error:")
+    assert "resnet20.fmnist" in info.value.code
+
+
+def test_eval_unknown_id_is_a_clean_error():
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "no_such.model", "--limit", "10", "--json"])
+    assert isinstance(info.value.code, str) and info.value.code.startswith("zoo: error:")
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in ([], ["info"], ["bench"], ["frobnicate"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+    assert "usage: zoo" in capsys.readouterr().err
+
+
+def test_entry_point_reports_errors_on_stderr():
+    proc = subprocess.run([str(ZOO_EXE), "info", "no_such.model"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("zoo: error:")
+    assert "Traceback" not in proc.stderr

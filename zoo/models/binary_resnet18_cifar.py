@@ -1,0 +1,202 @@
+"""Binary CIFAR-style ResNet-18 (IR-Net's): ``resnet18_cifar_bnn``, ``resnet18_cifar_sdbnn``, ``resnet18_cifar_ir2net``.
+
+The ``_cifar`` marker names the small-input backbone (3×3 stem, no max-pool), as distinct from the ImageNet
+``resnet18_*`` (Bi-Real-18). Backbone shared by the three, as in the CIFAR code of both papers:
+full-precision 3×3 stem conv(→64) → BN → Hardtanh; four stages of 64/128/256/512 channels with 2 basic blocks each,
+  out = Hardtanh(BN(bconv2(Hardtanh(BN(bconv1(x))))) + shortcut(x)),
+the downsampling shortcut a full-precision 1×1 conv (stride 2) + BN; global average pool (the reference's
+``avg_pool2d(out, 4)`` on 32×32 inputs) → BN1d(512) → full-precision FC. Binary convs have no scaling factors.
+Init as the reference: Kaiming normal (PyTorch's default fan_in mode) on every conv and linear layer.
+
+- ``bnn``: plain binary convs (clipped-STE weights, ApproxSign activations) — the baseline with no method parts.
+- ``sdbnn``: SD-BNN's self-distribution convs (WSD + ASD, reduction 16) with IR-Net's EDE on weights and
+  activations (t from 1e-3 to 10 over training).
+- ``ir2net``: the plain binary convs plus information recovery (the stem, stage-1, stage-2 and stage-3 outputs
+  average-pooled to the last stage's resolution and concatenated with it: 64+64+128+256+512 = 1024 channels →
+  CIRec(→512, s=20, Hardtanh)) and, in training, information restriction from the stage-4 output through
+  :meth:`~BinaryResNet18Cifar.forward_restricted_pair`.
+
+At 32×32: 0.547 G binary MACs (BOPs) for all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import create_classifier
+from timm.models import register_model
+from torch import nn
+
+from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
+from zoo.nn import CIRec, pool_and_concat, restriction_mask
+from zoo.nn.ir2net import hardtanh_act
+
+__all__ = ["BinaryResNet18Cifar", "BinaryResNet18Block"]
+
+RECOVERY_RATIO = 20  # CIRec's s in the reference's CIFAR ResNet-18
+
+
+class BinaryResNet18Block(nn.Module):
+    """Two binary 3×3 convs with BN; one shortcut around both (FP 1×1 conv + BN where the shape changes)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, conv_layer: Callable[..., nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = conv_layer(in_chs, out_chs, 3, stride, 1)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.conv2 = conv_layer(out_chs, out_chs, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.hardtanh(self.bn1(self.conv1(x)))
+        return F.hardtanh(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class BinaryResNet18Cifar(nn.Module):
+    """1-bit CIFAR ResNet-18 (3×3 stem, no max-pool) with the parts of one method (``bnn``, ``sdbnn``, ``ir2net``)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        method: str = "bnn",
+        stage_widths: Sequence[int] = (64, 128, 256, 512),
+        layers: Sequence[int] = (2, 2, 2, 2),
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method '{method}', use one of {METHODS}")
+        widths, layers = [int(w) for w in stage_widths], [int(n) for n in layers]
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"stage_widths must be four positive widths, got {widths}")
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"layers must be four positive block counts, got {layers}")
+        self.method, self.num_classes, self.drop_rate = method, num_classes, drop_rate
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = nn.Hardtanh()
+        self.feature_info = [dict(num_chs=widths[0], reduction=1, module="act1")]
+        conv_layer = binary_conv_layer(method)
+        in_chs = widths[0]
+        for stage, (out_chs, n) in enumerate(zip(widths, layers, strict=True)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BinaryResNet18Block(in_chs, out_chs, 2 if stage and not i else 1, conv_layer))
+                in_chs = out_chs
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage, module=f"layer{stage + 1}"))
+        self.recovery = None
+        if method == "ir2net":
+            tapped = widths[0] + sum(widths)  # stem, stages 1-3 and the last stage: 1024 channels
+            self.recovery = CIRec(tapped, widths[-1], ratio=RECOVERY_RATIO, act_layer=hardtanh_act)
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.head_norm = nn.BatchNorm1d(self.num_features)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stem output and the output of each of the four stages."""
+        outs = [self.act1(self.bn1(self.conv1(x)))]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            outs.append(stage(outs[-1]))
+        return outs
+
+    def recovery_input(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """IR²Net's fusion input: the earlier taps pooled to the last stage's resolution, concatenated with it."""
+        return pool_and_concat(stages[:-1], stages[-1])
+
+    def fuse(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """The last stage's features, with the earlier stages recovered into them for IR²Net."""
+        if self.recovery is None:
+            return stages[-1]
+        return self.recovery(self.recovery_input(stages))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.forward_stages(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if x.ndim == 2:  # BN1d acts on pooled features; unpooled (global_pool='') features pass through
+            x = self.head_norm(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor, restricted_pair: bool = False):
+        """Logits; with ``restricted_pair`` (IR²Net training) also the logits of the restricted second pass.
+
+        The pair goes through ``forward`` so that a data-parallel wrapper sees one forward call.
+        """
+        if restricted_pair:
+            return self.forward_restricted_pair(x)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_restricted_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """IR²Net training: logits of x, and of x masked by the attention of the stage-4 output (second pass)."""
+        if self.method != "ir2net" or not self.training:
+            raise RuntimeError("information restriction is part of IR²Net training: call it in train mode only")
+        stages = self.forward_stages(x)
+        logits = self.forward_head(self.fuse(stages))
+        mask = restriction_mask(stages[-1], x.shape[-2:])
+        return logits, self.forward_head(self.forward_features(x * mask))
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "input_size": (3, 32, 32),
+        "pool_size": (4, 4),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),  # the papers' CIFAR code normalises with ImageNet statistics
+        "std": (0.229, 0.224, 0.225),
+        "num_classes": 10,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = default_cfgs_with_releases({f"resnet18_cifar_{m}": _cfg() for m in METHODS})
+
+
+def _create(variant: str, method: str, pretrained: bool, **kwargs) -> BinaryResNet18Cifar:
+    feature_cfg = {"out_indices": (0, 1, 2, 3, 4)}  # stem + four stages
+    return build_zoo_model(BinaryResNet18Cifar, variant, pretrained, feature_cfg=feature_cfg, method=method, **kwargs)
+
+
+@register_model
+def resnet18_cifar_bnn(pretrained: bool = False, **kwargs) -> BinaryResNet18Cifar:
+    """Plain 1-bit CIFAR ResNet-18 (W/A = 1/1, 3×3 stem): the backbone with no method parts, the BNN baseline."""
+    return _create("resnet18_cifar_bnn", "bnn", pretrained, **kwargs)
+
+
+@register_model
+def resnet18_cifar_sdbnn(pretrained: bool = False, **kwargs) -> BinaryResNet18Cifar:
+    """SD-BNN CIFAR ResNet-18 (W/A = 1/1, 3×3 stem): self-distribution of weights (WSD) and activations (ASD)."""
+    return _create("resnet18_cifar_sdbnn", "sdbnn", pretrained, **kwargs)
+
+
+@register_model
+def resnet18_cifar_ir2net(pretrained: bool = False, **kwargs) -> BinaryResNet18Cifar:
+    """IR²Net CIFAR ResNet-18 (W/A = 1/1, 3×3 stem): information restriction (training) and recovery (CIRec s=20)."""
+    return _create("resnet18_cifar_ir2net", "ir2net", pretrained, **kwargs)
