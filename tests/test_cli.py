@@ -117,3 +117,13 @@ def test_entry_point_reports_errors_on_stderr():
     assert proc.stdout == ""
     assert proc.stderr.startswith("zoo: error:")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint_id", zoo.list_checkpoints())
+def test_eval_on_the_full_test_split_reproduces_the_recorded_top1(checkpoint_id, capsys):
+    main(["eval", checkpoint_id, "--json"])
+    result = json.loads(capsys.readouterr().out)
+    entry = load_manifest()[checkpoint_id]
+    assert result["num_samples"] == entry["metrics"]["num_samples"] == 10_000
+    assert result["top1"] == pytest.approx(entry["metrics"]["top1"], abs=0.011)  # at most one image differs

@@ -75,10 +75,11 @@ def test_new_head_and_input_channels_adapt_pretrained_weights() -> None:
     torch.testing.assert_close(model.layer3[0].conv1.weight, base.layer3[0].conv1.weight)
 
 
-def test_torch_hub_load_from_local_clone() -> None:
-    arch = IDS[0].split(".")[0]
+@pytest.mark.parametrize("checkpoint_id", IDS)
+def test_torch_hub_load_from_local_clone(checkpoint_id: str) -> None:
+    arch = checkpoint_id.split(".")[0]
     model = torch.hub.load(str(REPO_ROOT), arch, source="local", pretrained=True, trust_repo=True)
-    golden = _golden(IDS[0])
+    golden = _golden(checkpoint_id)
     torch.testing.assert_close(_logits(model, golden["images"]), golden["logits"])
     fresh = torch.hub.load(str(REPO_ROOT), arch, source="local", num_classes=3, trust_repo=True)
     assert fresh.get_classifier().out_features == 3

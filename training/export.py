@@ -22,7 +22,7 @@ from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.measure import model_summary
-from zoo.registry import models_dir, write_manifest
+from zoo.registry import manifest_entry, models_dir, write_manifest
 
 GOLDEN_FILE = "test/golden.safetensors"
 GOLDEN_IMAGES = 16
@@ -32,6 +32,14 @@ def describe_schedule(recipe: Recipe) -> str:
     opt, sch, tr = recipe.optimizer, recipe.schedule, recipe.train
     return (f"{tr.epochs} epochs, batch {tr.batch_size}, {opt.name} lr {opt.lr} ({sch.name}, "
             f"warm-up {sch.warmup_fraction:.0%}), weight decay {opt.weight_decay}, seed {tr.seed}")  # fmt: skip
+
+
+def parent_metrics(parent_id: str | None) -> dict[str, Any]:
+    """The dense parent's measured top-1 as recorded in the registry (it must be exported first)."""
+    if parent_id is None:
+        return {}
+    entry = manifest_entry(parent_id)
+    return {"dense_parent_top1": entry["metrics"]["top1"]}
 
 
 def build_config(model: torch.nn.Module, recipe: Recipe, result: dict[str, Any], metrics: dict[str, Any]) -> dict:
@@ -62,7 +70,13 @@ def build_config(model: torch.nn.Module, recipe: Recipe, result: dict[str, Any],
                 "activation_bits": 1 if binary else 32,
                 **summary,
             },
-            "metrics": {"dataset": spec.name, "dataset_hub_id": spec.hub_id, "split": "test", **metrics},
+            "metrics": {
+                "dataset": spec.name,
+                "dataset_hub_id": spec.hub_id,
+                "split": "test",
+                **metrics,
+                **parent_metrics(recipe.export.dense_parent),
+            },
             "training": {
                 "recipe": recipe_path,
                 "command": f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}",

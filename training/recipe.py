@@ -10,6 +10,18 @@ from typing import Any
 import yaml
 
 
+def _checked_numbers(section: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Reject non-numbers in numeric fields (YAML reads ``1e-5`` without a dot as a string)."""
+    numeric = {f.name: f.type for f in dataclasses.fields(section) if f.type in ("int", "float")}
+    for key, kind in numeric.items():
+        value = values.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float))
+        ):
+            raise ValueError(f"recipe {where}.{key} must be a {kind}, got {value!r} (write 1.0e-5, not 1e-5)")
+    return values
+
+
 @dataclass
 class ModelSection:
     architecture: str
@@ -34,6 +46,7 @@ class DataSection:
     limit: int | None = None  # use only the first N training images (smoke tests)
     test_limit: int | None = None
     root: str | None = None  # a local <root>/<split>/<class>/<image> folder instead of the default source
+    decode_on_demand: bool = False  # decode per batch with random-resized crops (ImageNet) instead of in memory
 
 
 @dataclass
@@ -105,7 +118,7 @@ class Recipe:
                 bad = set(raw[name]) - fields
                 if bad:
                     raise ValueError(f"recipe {path or ''}: unknown keys {sorted(bad)} in '{name}'")
-                kwargs[name] = section(**raw[name])
+                kwargs[name] = section(**_checked_numbers(section, raw[name], f"{path or ''}: {name}"))
         if isinstance(kwargs.get("train"), TrainSection) and isinstance(kwargs["train"].teacher, dict):
             kwargs["train"].teacher = TeacherSection(**kwargs["train"].teacher)
         return cls(**kwargs)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 import zoo  # noqa: F401  (registers the architectures)
 from training.objectives import ObjectiveContext, get_objective
 from training.recipe import Recipe
-from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
+from zoo.data import BatchAugment, BatchIterator, DecodedImages, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.hub import read_safetensors
 
@@ -175,13 +175,22 @@ class Trainer:
         self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
-    def _data(self) -> tuple[BatchIterator, tuple[torch.Tensor, torch.Tensor]]:
+    def _split(self, split: str, limit: int | None) -> tuple[torch.Tensor | DecodedImages, torch.Tensor]:
+        r = self.recipe
+        ds = load_dataset(r.data.dataset, split, r.data.root)
+        if not r.data.decode_on_demand:
+            return to_tensors(ds, self.spec, limit=limit)
+        images = DecodedImages(ds.select(range(min(limit, len(ds)))) if limit is not None else ds, self.spec.input_size)
+        return images, images.labels
+
+    def _data(self) -> tuple[BatchIterator, tuple[torch.Tensor | DecodedImages, torch.Tensor]]:
         r, acc = self.recipe, self.accelerator
-        train_x, train_y = to_tensors(load_dataset(r.data.dataset, "train", r.data.root), self.spec, limit=r.data.limit)
+        train_x, train_y = self._split("train", r.data.limit)
         if r.data.holdout:
-            keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(r.train.seed))
-            train_x, train_y = train_x[keep[r.data.holdout :]], train_y[keep[r.data.holdout :]]
-        test = to_tensors(load_dataset(r.data.dataset, "test", r.data.root), self.spec, limit=r.data.test_limit)
+            keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(r.train.seed))[r.data.holdout :]
+            train_x = train_x.select(keep) if isinstance(train_x, DecodedImages) else train_x[keep]
+            train_y = train_y[keep]
+        test = self._split("test", r.data.test_limit)
         transform = BatchAugment(self.spec.mean, self.spec.std, r.data.crop_padding, r.data.hflip)
         loader = BatchIterator(
             train_x, train_y, r.train.batch_size, transform, shuffle=True, augment=True, seed=r.train.seed,

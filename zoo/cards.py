@@ -70,6 +70,14 @@ def _history_table(history: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _parent_row(parent: str | None, metrics: dict[str, Any]) -> str:
+    if not parent or "dense_parent_top1" not in metrics:
+        return ""
+    gap = metrics["dense_parent_top1"] - metrics["top1"]
+    return (f"| top-1 of the dense parent `{parent}`, same split | {metrics['dense_parent_top1']:.2f} % "
+            f"(this model is {gap:.2f} points {'below' if gap >= 0 else 'above'}) |\n")  # fmt: skip
+
+
 def render_card(config: dict[str, Any]) -> str:
     """The README.md of a checkpoint folder."""
     from zoo.registry import HF_ORG
@@ -90,6 +98,7 @@ def render_card(config: dict[str, Any]) -> str:
         "dataset": metrics["dataset"],
         "top1": f"{metrics['top1']:.2f}",
         "top5": f"{metrics['top5']:.2f}",
+        "parent_row": _parent_row(comp.get("dense_parent"), metrics),
         "num_samples": metrics["num_samples"],
         "params": f"{comp['params']:,}",
         "flops": f"{comp['flops'] / 1e6:.2f} M",

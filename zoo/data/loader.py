@@ -3,6 +3,7 @@
 The permutation of an epoch depends only on (seed, epoch) and the augmentation of a batch only on
 (seed, epoch, batch index, rank), so a run resumed at batch k of an epoch sees exactly the batches an
 uninterrupted run would have seen. Each of ``world_size`` processes takes its own slice of every global batch.
+``images`` is the split's uint8 tensor, or :class:`DecodedImages` for splits decoded on demand.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from zoo.data.augment import BatchAugment
+from zoo.data.decoded import DecodedImages
 
 
 class BatchIterator:
@@ -19,7 +21,7 @@ class BatchIterator:
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | DecodedImages,
         labels: torch.Tensor,
         batch_size: int,
         transform: BatchAugment,
@@ -55,4 +57,6 @@ class BatchIterator:
             generator = None
             if self.augment:
                 generator = torch.Generator().manual_seed(hash((self.seed, epoch, b, self.rank)) & 0x7FFF_FFFF)
-            yield self.transform(self.images[idx], generator), self.labels[idx]
+            take = getattr(self.images, "take", None)  # decoded-on-demand splits crop while decoding
+            images = take(idx, generator) if take is not None and generator is not None else self.images[idx]
+            yield self.transform(images, generator), self.labels[idx]

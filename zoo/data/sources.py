@@ -42,6 +42,7 @@ class DatasetSpec:
     hub_id: str
     hub_columns: tuple[str, str]  # (image column, label column) on the Hub
     label_names: tuple[str, ...] | None = None
+    hub_test_split: str = "test"  # the Hub split the zoo's "test" maps to (ImageNet's labelled one is validation)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -54,7 +55,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                     "uoft-cs/cifar100", ("img", "fine_label")),
         DatasetSpec("imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "ILSVRC/imagenet-1k",
-                    ("image", "label")),
+                    ("image", "label"), hub_test_split="validation"),
     )
 }  # fmt: skip
 ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "in1k": "imagenet", "imagenet-1k": "imagenet"}
@@ -82,7 +83,7 @@ def _fashion_mnist_from_debian(split: str) -> datasets.Dataset:
 def _from_hub(spec: DatasetSpec, split: str) -> datasets.Dataset:
     image_col, label_col = spec.hub_columns
     try:
-        ds = datasets.load_dataset(spec.hub_id, split=split)
+        ds = datasets.load_dataset(spec.hub_id, split=spec.hub_test_split if split == "test" else split)
     except Exception as err:  # datasets raises many unrelated types for "unreachable"
         raise DataError(
             f"Could not load '{spec.name}' split '{split}' from the Hub ({spec.hub_id}): {err}. "
@@ -115,7 +116,7 @@ def load_dataset(
     return _from_hub(spec, split)
 
 
-def _decode(image: object, size: tuple[int, int, int]) -> np.ndarray:
+def decode_image(image: object, size: tuple[int, int, int]) -> np.ndarray:
     """A PIL image or array -> C x H x W uint8 of the spec's size (centre crop after resize)."""
     from PIL import Image
 
@@ -142,6 +143,6 @@ def to_tensors(ds: datasets.Dataset, spec: DatasetSpec, limit: int | None = None
         images = np.asarray(ds.with_format("numpy")[:]["image"], dtype=np.uint8)
         images = images[:, None] if images.ndim == 3 else images
     else:
-        decode: Callable[[object], np.ndarray] = lambda im: _decode(im, spec.input_size)  # noqa: E731
+        decode: Callable[[object], np.ndarray] = lambda im: decode_image(im, spec.input_size)  # noqa: E731
         images = np.stack([decode(im) for im in ds["image"]]) if len(ds) else np.zeros((0, *spec.input_size), np.uint8)
     return torch.from_numpy(np.ascontiguousarray(images)), labels

@@ -1,0 +1,770 @@
+// CPU inference kernel for the zoo's binary 2-D convolution: conv2d(sign(x), sign(w)) with the binarized input
+// zero-padded (a padding tap contributes 0, not +-1), no scaling factors, groups = 1, dilation = 1.
+//
+// Encoding: bit 1 <-> +1, bit 0 <-> -1, tie rule sign(0) = +1 (bit = x >= threshold, default threshold 0, so
+// -0.0 and +0.0 both give +1 and NaN gives -1).
+//
+// Layouts (64-bit words, channel c of a pixel lives in word c / 64, bit c % 64; bits past C are 0):
+//   packed activations  [N, H, W, CW]      CW = ceil(C / 64)
+//   packed weights      [O, KH, KW, CW]    (OHWI along input channels)
+//   blocked weights     [nOB, K + T, NB]   T = KH*KW taps, K = T*CW words, NB = 8*NV output channels per block:
+//                       rows 0..K-1 hold word (tap, cw) of NB consecutive output channels (zero for channels >= O),
+//                       rows K..K+T-1 hold popcount(weight word run of that tap) for the padding correction.
+//
+// Arithmetic: with a, w the bit words of a *valid* tap, sum over its C real channels of (+-1)(+-1) equals
+// C - 2*popcount(a ^ w) (the tail bits are 0 in both, so they never count). A padding tap reads a zero word run;
+// 0 ^ w = w, so the kernel subtracts popcount(w) of every padding tap again and counts C only for valid taps:
+//   out = C * valid_taps - 2 * (sum_all_taps popcount(a ^ w) - sum_padding_taps popcount(w)).
+// The result is an integer, converted exactly to float32 (|out| <= C*KH*KW < 2^24 for every real layer).
+//
+// The conv is an indirect GEMM: M = N*OH*OW output pixels x O output channels x K words. A tile is MR pixels (a
+// table of per-tap pointers into the packed NHWC input, or to a zero run for padding taps) x NB output channels
+// (SIMD lanes run over output channels, one activation word is broadcast against NB weight words).
+// Code paths: AVX-512 VPOPCNTDQ, AVX2 (nibble-LUT pshufb popcount) and portable scalar, all in one build through
+// function-level target attributes; the path is chosen at run time (__builtin_cpu_supports) or forced by the caller.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define ZOO_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq")))
+#define ZOO_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+
+namespace {
+
+using u64 = uint64_t;
+
+enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3 };
+
+bool cpu_has_avx2() {
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  }();
+  return v;
+}
+
+bool cpu_has_avx512() {
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vpopcntdq");
+  }();
+  return v;
+}
+
+int64_t best_isa() { return cpu_has_avx512() ? kAvx512 : (cpu_has_avx2() ? kAvx2 : kScalar); }
+
+int64_t resolve_isa(int64_t isa) {
+  if (isa == kAuto) return best_isa();
+  TORCH_CHECK(isa == kScalar || isa == kAvx2 || isa == kAvx512, "zoo binary kernel: unknown ISA code ", isa);
+  TORCH_CHECK(isa != kAvx512 || cpu_has_avx512(),
+              "zoo binary kernel: the AVX-512 VPOPCNTDQ path was requested but this CPU lacks avx512f/avx512bw/"
+              "avx512vpopcntdq");
+  TORCH_CHECK(isa != kAvx2 || cpu_has_avx2(),
+              "zoo binary kernel: the AVX2 path was requested but this CPU lacks avx2/popcnt");
+  return isa;
+}
+
+std::string isa_name(int64_t isa) {
+  switch (isa) {
+    case kAvx512:
+      return "avx512-vpopcntdq";
+    case kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ------------------------------------------------------------------------------------------------------------------
+// Activation packing: x (N, C, H, W) with arbitrary strides -> [N, H, W, CW] words, bit = x >= threshold[n?, c].
+// ------------------------------------------------------------------------------------------------------------------
+
+struct PackArgs {
+  const void* x;  // element pointer (storage offset applied)
+  int64_t N, C, H, W;
+  int64_t sN, sC, sH, sW;  // element strides
+  const void* th;          // thresholds, same dtype as x
+  int64_t thN;             // threshold stride between samples (0: shared [C] thresholds)
+  u64* out;
+  int64_t CW;
+};
+
+// Portable path: any dtype, any strides. The comparison runs in double, which holds every float16 / bfloat16 /
+// float32 / float64 value exactly, so it is the comparison in the input's own dtype.
+template <typename T>
+void pack_rows_generic(const PackArgs& a, int64_t r0, int64_t r1) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* th = static_cast<const T*>(a.th);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.H, h = r % a.H;
+    const T* tn = th + n * a.thN;
+    for (int64_t w = 0; w < a.W; ++w) {
+      const T* px = x + n * a.sN + h * a.sH + w * a.sW;
+      u64* o = a.out + (r * a.W + w) * a.CW;
+      for (int64_t cw = 0; cw < a.CW; ++cw) {
+        const int64_t c0 = cw * 64, nb = std::min<int64_t>(64, a.C - c0);
+        u64 word = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const double v = static_cast<double>(px[(c0 + b) * a.sC]);
+          word |= static_cast<u64>(v >= static_cast<double>(tn[c0 + b])) << b;
+        }
+        o[cw] = word;
+      }
+    }
+  }
+}
+
+// float32, channel stride 1 (channels_last): 16 channels per compare, the compare mask is the bit pattern.
+ZOO_TARGET_AVX512 void pack_rows_nhwc_avx512(const PackArgs& a, int64_t r0, int64_t r1) {
+  const float* x = static_cast<const float*>(a.x);
+  const float* th = static_cast<const float*>(a.th);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.H, h = r % a.H;
+    const float* tn = th + n * a.thN;
+    for (int64_t w = 0; w < a.W; ++w) {
+      const float* px = x + n * a.sN + h * a.sH + w * a.sW;
+      u64* o = a.out + (r * a.W + w) * a.CW;
+      for (int64_t cw = 0; cw < a.CW; ++cw) {
+        u64 word = 0;
+        for (int s = 0; s < 4; ++s) {
+          const int64_t c0 = cw * 64 + s * 16;
+          if (c0 >= a.C) break;
+          const int64_t rem = a.C - c0;
+          const __mmask16 m = rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1);
+          const __m512 v = _mm512_maskz_loadu_ps(m, px + c0);
+          const __m512 t = _mm512_maskz_loadu_ps(m, tn + c0);
+          const __mmask16 bits = _mm512_mask_cmp_ps_mask(m, v, t, _CMP_GE_OQ);
+          word |= static_cast<u64>(bits) << (16 * s);
+        }
+        o[cw] = word;
+      }
+    }
+  }
+}
+
+// float32, width stride 1 (NCHW-like): 16 pixels of one channel per compare; bit b of each pixel word is set
+// with a masked OR.
+ZOO_TARGET_AVX512 void pack_rows_nchw_avx512(const PackArgs& a, int64_t r0, int64_t r1) {
+  const float* x = static_cast<const float*>(a.x);
+  const float* th = static_cast<const float*>(a.th);
+  alignas(64) u64 tmp[16];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.H, h = r % a.H;
+    const float* tn = th + n * a.thN;
+    u64* orow = a.out + r * a.W * a.CW;
+    for (int64_t cw = 0; cw < a.CW; ++cw) {
+      const int64_t c0 = cw * 64, nb = std::min<int64_t>(64, a.C - c0);
+      for (int64_t w0 = 0; w0 < a.W; w0 += 16) {
+        const int64_t cnt = std::min<int64_t>(16, a.W - w0);
+        const __mmask16 lm = cnt == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << cnt) - 1);
+        const float* px = x + n * a.sN + h * a.sH + w0 + c0 * a.sC;
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+        for (int64_t b = 0; b < nb; ++b) {
+          const __m512 v = _mm512_maskz_loadu_ps(lm, px + b * a.sC);
+          const __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, _mm512_set1_ps(tn[c0 + b]), _CMP_GE_OQ);
+          const __m512i bit = _mm512_set1_epi64(static_cast<long long>(1ULL << b));
+          acc0 = _mm512_mask_or_epi64(acc0, static_cast<__mmask8>(m & 0xFF), acc0, bit);
+          acc1 = _mm512_mask_or_epi64(acc1, static_cast<__mmask8>(m >> 8), acc1, bit);
+        }
+        if (a.CW == 1) {
+          _mm512_mask_storeu_epi64(orow + w0, static_cast<__mmask8>(lm & 0xFF), acc0);
+          _mm512_mask_storeu_epi64(orow + w0 + 8, static_cast<__mmask8>(lm >> 8), acc1);
+        } else {
+          _mm512_store_si512(tmp, acc0);
+          _mm512_store_si512(tmp + 8, acc1);
+          for (int64_t i = 0; i < cnt; ++i) orow[(w0 + i) * a.CW + cw] = tmp[i];
+        }
+      }
+    }
+  }
+}
+
+ZOO_TARGET_AVX2 inline __m256i avx2_tail_mask(int64_t rem) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(rem, 8))), iota);
+}
+
+ZOO_TARGET_AVX2 void pack_rows_nhwc_avx2(const PackArgs& a, int64_t r0, int64_t r1) {
+  const float* x = static_cast<const float*>(a.x);
+  const float* th = static_cast<const float*>(a.th);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.H, h = r % a.H;
+    const float* tn = th + n * a.thN;
+    for (int64_t w = 0; w < a.W; ++w) {
+      const float* px = x + n * a.sN + h * a.sH + w * a.sW;
+      u64* o = a.out + (r * a.W + w) * a.CW;
+      for (int64_t cw = 0; cw < a.CW; ++cw) {
+        u64 word = 0;
+        for (int s = 0; s < 8; ++s) {
+          const int64_t c0 = cw * 64 + s * 8;
+          if (c0 >= a.C) break;
+          const int64_t rem = a.C - c0;
+          __m256 v, t;
+          unsigned valid = 0xFF;
+          if (rem >= 8) {
+            v = _mm256_loadu_ps(px + c0);
+            t = _mm256_loadu_ps(tn + c0);
+          } else {
+            const __m256i lm = avx2_tail_mask(rem);
+            v = _mm256_maskload_ps(px + c0, lm);
+            t = _mm256_maskload_ps(tn + c0, lm);
+            valid = (1u << rem) - 1;
+          }
+          const unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_GE_OQ))) & valid;
+          word |= static_cast<u64>(bits) << (8 * s);
+        }
+        o[cw] = word;
+      }
+    }
+  }
+}
+
+ZOO_TARGET_AVX2 void pack_rows_nchw_avx2(const PackArgs& a, int64_t r0, int64_t r1) {
+  const float* x = static_cast<const float*>(a.x);
+  const float* th = static_cast<const float*>(a.th);
+  alignas(32) u64 tmp[8];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.H, h = r % a.H;
+    const float* tn = th + n * a.thN;
+    u64* orow = a.out + r * a.W * a.CW;
+    for (int64_t cw = 0; cw < a.CW; ++cw) {
+      const int64_t c0 = cw * 64, nb = std::min<int64_t>(64, a.C - c0);
+      for (int64_t w0 = 0; w0 < a.W; w0 += 8) {
+        const int64_t cnt = std::min<int64_t>(8, a.W - w0);
+        const __m256i lm = avx2_tail_mask(cnt);
+        const float* px = x + n * a.sN + h * a.sH + w0 + c0 * a.sC;
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+        for (int64_t b = 0; b < nb; ++b) {
+          const __m256 v = _mm256_maskload_ps(px + b * a.sC, lm);
+          const __m256i m = _mm256_and_si256(
+              _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(tn[c0 + b]), _CMP_GE_OQ)), lm);
+          const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(1ULL << b));
+          acc0 = _mm256_or_si256(acc0, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), bit));
+          acc1 = _mm256_or_si256(acc1, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), bit));
+        }
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc0);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), acc1);
+        for (int64_t i = 0; i < cnt; ++i) orow[(w0 + i) * a.CW + cw] = tmp[i];
+      }
+    }
+  }
+}
+
+void pack_into(const torch::Tensor& x, const torch::Tensor& th, int64_t thN, torch::Tensor& out, int64_t isa) {
+  PackArgs a;
+  a.x = x.data_ptr();
+  a.N = x.size(0);
+  a.C = x.size(1);
+  a.H = x.size(2);
+  a.W = x.size(3);
+  a.sN = x.stride(0);
+  a.sC = x.stride(1);
+  a.sH = x.stride(2);
+  a.sW = x.stride(3);
+  a.th = th.data_ptr();
+  a.thN = thN;
+  a.out = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
+  a.CW = out.size(3);
+  const int64_t rows = a.N * a.H;
+  if (rows == 0 || a.W == 0) return;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, a.W * a.C));
+  const bool f32 = x.scalar_type() == torch::kFloat;
+  // Layout choice: channel-contiguous first, then width-contiguous, otherwise the portable strided loop.
+  const int kind = !f32 || isa == kScalar ? 0 : ((a.sC == 1 && a.C > 1) ? 1 : ((a.sW == 1 || a.W == 1) ? 2 : 0));
+  if (kind == 2) a.sW = 1;
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    if (kind == 1) {
+      if (isa == kAvx512)
+        pack_rows_nhwc_avx512(a, r0, r1);
+      else
+        pack_rows_nhwc_avx2(a, r0, r1);
+    } else if (kind == 2) {
+      if (isa == kAvx512)
+        pack_rows_nchw_avx512(a, r0, r1);
+      else
+        pack_rows_nchw_avx2(a, r0, r1);
+    } else {
+      AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, x.scalar_type(), "zoo_pack_activations",
+                                      [&] { pack_rows_generic<scalar_t>(a, r0, r1); });
+    }
+  });
+}
+
+// Thresholds: None -> zeros [C]; [C] or [N, C] -> contiguous, in x's dtype. Returns (tensor, per-sample stride).
+std::pair<torch::Tensor, int64_t> prepare_threshold(const torch::Tensor& x, const std::optional<torch::Tensor>& th) {
+  const int64_t N = x.size(0), C = x.size(1);
+  if (!th.has_value()) return {torch::zeros({C}, x.options()), 0};
+  torch::Tensor t = th->to(x.device(), x.scalar_type()).contiguous();
+  if (t.dim() == 1) {
+    TORCH_CHECK(t.size(0) == C, "zoo binary kernel: threshold of shape [C] needs C = ", C, ", got ", t.sizes());
+    return {t, 0};
+  }
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == N && t.size(1) == C,
+              "zoo binary kernel: threshold must have shape [C] or [N, C] = [", N, ", ", C, "], got ", t.sizes());
+  return {t, C};
+}
+
+void check_activation(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "zoo binary kernel: the CPU kernel needs a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 4, "zoo binary kernel: expected a 4-D (N, C, H, W) input, got ", x.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "zoo binary kernel: expected a floating-point input, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.size(1) >= 1, "zoo binary kernel: the input needs at least one channel");
+}
+
+torch::Tensor pack_activations(const torch::Tensor& x, const std::optional<torch::Tensor>& threshold, int64_t isa) {
+  check_activation(x);
+  isa = resolve_isa(isa);
+  auto [th, thN] = prepare_threshold(x, threshold);
+  torch::Tensor out =
+      torch::empty({x.size(0), x.size(2), x.size(3), ceil_div(x.size(1), 64)}, x.options().dtype(torch::kLong));
+  pack_into(x, th, thN, out, isa);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Weights.
+// ------------------------------------------------------------------------------------------------------------------
+
+// w: real (O, C, KH, KW) -> [O, KH, KW, CW], bit = w >= 0.
+torch::Tensor pack_weights(const torch::Tensor& w) {
+  TORCH_CHECK(w.dim() == 4, "zoo binary kernel: expected a 4-D (O, C, KH, KW) weight, got ", w.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(w.scalar_type()), "zoo binary kernel: expected a floating-point weight, got ",
+              w.scalar_type());
+  TORCH_CHECK(w.numel() > 0, "zoo binary kernel: empty weight ", w.sizes());
+  const torch::Tensor wd = w.detach().to(torch::kCPU, torch::kDouble).contiguous();
+  const int64_t O = w.size(0), C = w.size(1), KH = w.size(2), KW = w.size(3), CW = ceil_div(C, 64);
+  torch::Tensor out = torch::zeros({O, KH, KW, CW}, torch::dtype(torch::kLong));
+  const double* src = wd.data_ptr<double>();
+  u64* dst = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kh = 0; kh < KH; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          if (src[((o * C + c) * KH + kh) * KW + kw] >= 0.0)
+            dst[((o * KH + kh) * KW + kw) * CW + c / 64] |= 1ULL << (c % 64);
+  return out;
+}
+
+int64_t lanes_for(int64_t O) { return 8 * std::min<int64_t>(4, ceil_div(O, 8)); }
+
+// packed [O, KH, KW, CW] -> blocked [nOB, K + T, NB] (see the header comment).
+torch::Tensor block_weights(const torch::Tensor& packed) {
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == torch::kLong && packed.device().is_cpu(),
+              "zoo binary kernel: packed weights must be a CPU int64 tensor [O, KH, KW, CW], got ", packed.sizes(),
+              " ", packed.scalar_type());
+  const torch::Tensor p = packed.contiguous();
+  const int64_t O = p.size(0), KH = p.size(1), KW = p.size(2), CW = p.size(3);
+  const int64_t T = KH * KW, K = T * CW, NB = lanes_for(O), nOB = ceil_div(O, NB);
+  torch::Tensor out = torch::zeros({nOB, K + T, NB}, torch::dtype(torch::kLong));
+  const u64* src = reinterpret_cast<const u64*>(p.data_ptr<int64_t>());
+  u64* dst = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
+  for (int64_t o = 0; o < O; ++o) {
+    u64* blk = dst + (o / NB) * (K + T) * NB;
+    const int64_t lane = o % NB;
+    for (int64_t t = 0; t < T; ++t) {
+      u64 pop = 0;
+      for (int64_t cw = 0; cw < CW; ++cw) {
+        const u64 word = src[(o * T + t) * CW + cw];
+        blk[(t * CW + cw) * NB + lane] = word;
+        pop += static_cast<u64>(__builtin_popcountll(word));
+      }
+      blk[(K + t) * NB + lane] = pop;
+    }
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Convolution on packed operands.
+// ------------------------------------------------------------------------------------------------------------------
+
+struct Geom {
+  const u64* act;
+  const u64* wb;
+  const u64* zero;
+  float* out;
+  const int64_t* tapoff;
+  int64_t N, H, W, CW, C, O, KH, KW, sh, sw, ph, pw, OH, OW, M, T, K, NB, nOB, G, nPB;
+};
+
+// Pointer table of MR output pixels starting at p0 (pixels past M repeat the last one and are never stored).
+inline void build_ptrs(const Geom& g, int64_t p0, int MR, const u64** ptrs, int64_t* nvalid, bool* border) {
+  const int64_t P = g.OH * g.OW;
+  for (int j = 0; j < MR; ++j) {
+    const int64_t p = std::min(p0 + j, g.M - 1);
+    const int64_t n = p / P, rr = p - n * P, oh = rr / g.OW, ow = rr - oh * g.OW;
+    const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+    const u64** pj = ptrs + static_cast<int64_t>(j) * g.T;
+    if (ih0 >= 0 && ih0 + g.KH <= g.H && iw0 >= 0 && iw0 + g.KW <= g.W) {
+      const u64* base = g.act + ((n * g.H + ih0) * g.W + iw0) * g.CW;
+      for (int64_t t = 0; t < g.T; ++t) pj[t] = base + g.tapoff[t];
+      nvalid[j] = g.T;
+      border[j] = false;
+    } else {
+      int64_t cnt = 0, t = 0;
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t ih = ih0 + kh;
+        for (int64_t kw = 0; kw < g.KW; ++kw, ++t) {
+          const int64_t iw = iw0 + kw;
+          const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+          pj[t] = ok ? g.act + ((n * g.H + ih) * g.W + iw) * g.CW : g.zero;
+          cnt += ok;
+        }
+      }
+      nvalid[j] = cnt;
+      border[j] = true;
+    }
+  }
+}
+
+// Scalar epilogue for one pixel and one block of NB lanes: acc[lane] = sum over all taps of popcount(a ^ w).
+inline void store_pixel(const Geom& g, const u64* const* pj, int64_t nvalid, bool border, const u64* wblk,
+                        int64_t p, int64_t ob, u64* acc, int64_t lane0, int64_t nl) {
+  const u64* wpop = wblk + g.K * g.NB;
+  if (border)
+    for (int64_t t = 0; t < g.T; ++t)
+      if (pj[t] == g.zero)
+        for (int64_t l = 0; l < nl; ++l) acc[l] -= wpop[t * g.NB + lane0 + l];
+  const int64_t o0 = ob * g.NB + lane0;
+  const int64_t cnt = std::min<int64_t>(nl, g.O - o0);
+  float* op = g.out + p * g.O + o0;
+  const int64_t full = g.C * nvalid;
+  for (int64_t l = 0; l < cnt; ++l) op[l] = static_cast<float>(full - 2 * static_cast<int64_t>(acc[l]));
+}
+
+// ---- scalar path --------------------------------------------------------------------------------------------------
+
+constexpr int kScalarMR = 4;
+
+void conv_tasks_scalar(const Geom& g, int64_t tb, int64_t te) {
+  constexpr int MR = kScalarMR;
+  std::vector<const u64*> ptrs(MR * g.T);
+  std::vector<u64> acc(g.NB);
+  int64_t nvalid[MR];
+  bool border[MR];
+  for (int64_t task = tb; task < te; ++task) {
+    const int64_t og = task / g.nPB, pb = task % g.nPB;
+    build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
+    const int64_t ob1 = std::min(g.nOB, (og + 1) * g.G);
+    for (int64_t ob = og * g.G; ob < ob1; ++ob) {
+      const u64* wblk = g.wb + ob * (g.K + g.T) * g.NB;
+      for (int j = 0; j < MR; ++j) {
+        const int64_t p = pb * MR + j;
+        if (p >= g.M) break;
+        const u64* const* pj = ptrs.data() + j * g.T;
+        std::fill(acc.begin(), acc.end(), 0);
+        for (int64_t t = 0; t < g.T; ++t)
+          for (int64_t cw = 0; cw < g.CW; ++cw) {
+            const u64 a = pj[t][cw];
+            const u64* wr = wblk + (t * g.CW + cw) * g.NB;
+            for (int64_t l = 0; l < g.NB; ++l) acc[l] += static_cast<u64>(__builtin_popcountll(a ^ wr[l]));
+          }
+        store_pixel(g, pj, nvalid[j], border[j], wblk, p, ob, acc.data(), 0, g.NB);
+      }
+    }
+  }
+}
+
+// ---- AVX2 path: 4 pixels x 8 channels (2 ymm) per tile, byte counters flushed with psadbw ------------------------
+
+constexpr int kAvx2MR = 4;
+
+ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
+  constexpr int MR = kAvx2MR;
+  std::vector<const u64*> ptrs(MR * g.T);
+  int64_t nvalid[MR];
+  bool border[MR];
+  alignas(32) u64 acc64[MR][8];
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2,
+                                       3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t task = tb; task < te; ++task) {
+    const int64_t og = task / g.nPB, pb = task % g.nPB;
+    build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
+    const int64_t ob1 = std::min(g.nOB, (og + 1) * g.G);
+    for (int64_t ob = og * g.G; ob < ob1; ++ob) {
+      const u64* wblk = g.wb + ob * (g.K + g.T) * g.NB;
+      for (int64_t sb = 0; sb < g.NB; sb += 8) {
+        if (ob * g.NB + sb >= g.O) break;
+        __m256i acc8[MR][2];
+        __m256i acc[MR][2];
+        for (int j = 0; j < MR; ++j) acc8[j][0] = acc8[j][1] = acc[j][0] = acc[j][1] = zero;
+        int budget = 31;  // a byte counter gains <= 8 per word: flush before 256
+        for (int64_t t = 0; t < g.T; ++t) {
+          const u64* pr[MR];
+          for (int j = 0; j < MR; ++j) pr[j] = ptrs[j * g.T + t];
+          const u64* wt = wblk + t * g.CW * g.NB + sb;
+          for (int64_t cw = 0; cw < g.CW; ++cw) {
+            const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + cw * g.NB));
+            const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + cw * g.NB + 4));
+#pragma GCC unroll 4
+            for (int j = 0; j < MR; ++j) {
+              const __m256i b = _mm256_set1_epi64x(static_cast<long long>(pr[j][cw]));
+              const __m256i x0 = _mm256_xor_si256(b, w0), x1 = _mm256_xor_si256(b, w1);
+              const __m256i c0 = _mm256_add_epi8(
+                  _mm256_shuffle_epi8(lut, _mm256_and_si256(x0, low4)),
+                  _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x0, 4), low4)));
+              const __m256i c1 = _mm256_add_epi8(
+                  _mm256_shuffle_epi8(lut, _mm256_and_si256(x1, low4)),
+                  _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x1, 4), low4)));
+              acc8[j][0] = _mm256_add_epi8(acc8[j][0], c0);
+              acc8[j][1] = _mm256_add_epi8(acc8[j][1], c1);
+            }
+            if (--budget == 0) {
+              for (int j = 0; j < MR; ++j)
+                for (int v = 0; v < 2; ++v) {
+                  acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
+                  acc8[j][v] = zero;
+                }
+              budget = 31;
+            }
+          }
+        }
+        for (int j = 0; j < MR; ++j)
+          for (int v = 0; v < 2; ++v) {
+            acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(&acc64[j][4 * v]), acc[j][v]);
+          }
+        for (int j = 0; j < MR; ++j) {
+          const int64_t p = pb * MR + j;
+          if (p >= g.M) break;
+          store_pixel(g, ptrs.data() + j * g.T, nvalid[j], border[j], wblk, p, ob, acc64[j], sb, 8);
+        }
+      }
+    }
+  }
+}
+
+// ---- AVX-512 VPOPCNTDQ path: MR pixels x NV zmm (8 output channels each) of 64-bit popcount accumulators -------
+
+template <int NV>
+constexpr int avx512_mr() {
+  return NV == 4 ? 6 : 8;
+}
+
+template <int NV>
+ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) {
+  constexpr int MR = avx512_mr<NV>();
+  constexpr int NB = 8 * NV;
+  std::vector<const u64*> ptrs(MR * g.T);
+  int64_t nvalid[MR];
+  bool border[MR];
+  const int64_t T = g.T, CW = g.CW;
+  for (int64_t task = tb; task < te; ++task) {
+    const int64_t og = task / g.nPB, pb = task % g.nPB;
+    build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
+    const int64_t ob1 = std::min(g.nOB, (og + 1) * g.G);
+    for (int64_t ob = og * g.G; ob < ob1; ++ob) {
+      const u64* wblk = g.wb + ob * (g.K + T) * NB;
+      __m512i acc[MR][NV];
+#pragma GCC unroll 8
+      for (int j = 0; j < MR; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_setzero_si512();
+      for (int64_t t = 0; t < T; ++t) {
+        const u64* pr[MR];
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; ++j) pr[j] = ptrs[j * T + t];
+        const u64* wt = wblk + t * CW * NB;
+        for (int64_t cw = 0; cw < CW; ++cw) {
+          __m512i wv[NV];
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wt + cw * NB + 8 * v);
+#pragma GCC unroll 8
+          for (int j = 0; j < MR; ++j) {
+            const __m512i b = _mm512_set1_epi64(static_cast<long long>(pr[j][cw]));
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v)
+              acc[j][v] = _mm512_add_epi64(acc[j][v], _mm512_popcnt_epi64(_mm512_xor_si512(b, wv[v])));
+          }
+        }
+      }
+      // Epilogue: padding correction, out = C * valid_taps - 2 * popcount, exact int -> float32, NHWC store.
+      const u64* wpop = wblk + g.K * NB;
+      const int64_t o0 = ob * NB, ocount = std::min<int64_t>(NB, g.O - o0);
+#pragma GCC unroll 8
+      for (int j = 0; j < MR; ++j) {
+        const int64_t p = pb * MR + j;
+        if (p >= g.M) break;
+        if (border[j]) {
+          const u64* const* pj = ptrs.data() + j * T;
+          for (int64_t t = 0; t < T; ++t)
+            if (pj[t] == g.zero)
+#pragma GCC unroll 4
+              for (int v = 0; v < NV; ++v)
+                acc[j][v] = _mm512_sub_epi64(acc[j][v], _mm512_loadu_si512(wpop + t * NB + 8 * v));
+        }
+        const __m512i full = _mm512_set1_epi64(g.C * nvalid[j]);
+        float* op = g.out + p * g.O + o0;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const __m512i r = _mm512_sub_epi64(full, _mm512_slli_epi64(acc[j][v], 1));
+          const __m256 f = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(r));
+          const int64_t lanes = ocount - 8 * v;
+          if (lanes >= 8) {
+            _mm256_storeu_ps(op + 8 * v, f);
+          } else if (lanes > 0) {
+            const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)),
+                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskstore_ps(op + 8 * v, lm, f);
+          }
+        }
+      }
+    }
+  }
+}
+
+int pixel_block(int64_t isa, int64_t NB) {
+  if (isa == kAvx512) return NB == 32 ? avx512_mr<4>() : avx512_mr<1>();
+  return isa == kAvx2 ? kAvx2MR : kScalarMR;
+}
+
+torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH,
+                          int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t isa) {
+  TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kLong && act.device().is_cpu(),
+              "zoo binary kernel: packed activations must be a CPU int64 tensor [N, H, W, CW]");
+  TORCH_CHECK(wblocked.dim() == 3 && wblocked.scalar_type() == torch::kLong && wblocked.device().is_cpu(),
+              "zoo binary kernel: blocked weights must be a CPU int64 tensor from block_weights()");
+  TORCH_CHECK(O >= 1 && C >= 1 && KH >= 1 && KW >= 1, "zoo binary kernel: bad sizes O=", O, " C=", C, " k=", KH,
+              "x", KW);
+  TORCH_CHECK(sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0, "zoo binary kernel: stride must be >= 1 and padding >= 0");
+  const int64_t CW = ceil_div(C, 64), T = KH * KW, K = T * CW, NB = lanes_for(O), nOB = ceil_div(O, NB);
+  TORCH_CHECK(act.size(3) == CW, "zoo binary kernel: packed activations hold ", act.size(3), " words per pixel, ",
+              "in_channels=", C, " needs ", CW);
+  TORCH_CHECK(wblocked.size(0) == nOB && wblocked.size(1) == K + T && wblocked.size(2) == NB,
+              "zoo binary kernel: blocked weights ", wblocked.sizes(), " do not match O=", O, " C=", C, " kernel ", KH,
+              "x", KW, " (expected [", nOB, ", ", K + T, ", ", NB, "])");
+  TORCH_CHECK(C * T < (int64_t{1} << 31), "zoo binary kernel: C*KH*KW too large");
+  isa = resolve_isa(isa);
+  const torch::Tensor a = act.contiguous();
+  const torch::Tensor wb = wblocked.contiguous();
+  const int64_t N = a.size(0), H = a.size(1), W = a.size(2);
+  const int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
+  TORCH_CHECK(H + 2 * ph >= KH && W + 2 * pw >= KW, "zoo binary kernel: input ", H, "x", W, " with padding ", ph,
+              ",", pw, " is smaller than the kernel ", KH, "x", KW);
+  // NHWC buffer, returned as an (N, O, OH, OW) view in channels_last memory format.
+  torch::Tensor out = torch::empty({N, OH, OW, O}, torch::dtype(torch::kFloat));
+  const int64_t M = N * OH * OW;
+  if (M == 0) return out.permute({0, 3, 1, 2});
+
+  std::vector<u64> zero(CW, 0);
+  std::vector<int64_t> tapoff(T);
+  for (int64_t kh = 0; kh < KH; ++kh)
+    for (int64_t kw = 0; kw < KW; ++kw) tapoff[kh * KW + kw] = (kh * W + kw) * CW;
+
+  Geom g;
+  g.act = reinterpret_cast<const u64*>(a.data_ptr<int64_t>());
+  g.wb = reinterpret_cast<const u64*>(wb.data_ptr<int64_t>());
+  g.zero = zero.data();
+  g.out = out.data_ptr<float>();
+  g.tapoff = tapoff.data();
+  g.N = N;
+  g.H = H;
+  g.W = W;
+  g.CW = CW;
+  g.C = C;
+  g.O = O;
+  g.KH = KH;
+  g.KW = KW;
+  g.sh = sh;
+  g.sw = sw;
+  g.ph = ph;
+  g.pw = pw;
+  g.OH = OH;
+  g.OW = OW;
+  g.M = M;
+  g.T = T;
+  g.K = K;
+  g.NB = NB;
+  g.nOB = nOB;
+  // Output-channel blocks are grouped so that one group's weights (~24 KiB) stay in L1 while a thread walks the
+  // pixel blocks; the pointer table of a pixel block is reused across the blocks of its group.
+  g.G = std::min<int64_t>(nOB, std::max<int64_t>(1, 24576 / ((K + T) * NB * 8)));
+  const int MR = pixel_block(isa, NB);
+  g.nPB = ceil_div(M, MR);
+  const int64_t nOG = ceil_div(nOB, g.G);
+  const int64_t tasks = nOG * g.nPB;
+  const int64_t work = MR * g.G * NB * K;  // popcounted words per task
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, work));
+  at::parallel_for(0, tasks, grain, [&](int64_t tb, int64_t te) {
+    if (isa == kAvx512) {
+      switch (NB) {
+        case 8:
+          conv_tasks_avx512<1>(g, tb, te);
+          break;
+        case 16:
+          conv_tasks_avx512<2>(g, tb, te);
+          break;
+        case 24:
+          conv_tasks_avx512<3>(g, tb, te);
+          break;
+        default:
+          conv_tasks_avx512<4>(g, tb, te);
+          break;
+      }
+    } else if (isa == kAvx2) {
+      conv_tasks_avx2(g, tb, te);
+    } else {
+      conv_tasks_scalar(g, tb, te);
+    }
+  });
+  return out.permute({0, 3, 1, 2});
+}
+
+// Fused sign-and-pack + conv. x: float (N, C, H, W) of any strides, or already packed int64 [N, H, W, CW].
+torch::Tensor binary_conv2d(const torch::Tensor& x, const std::optional<torch::Tensor>& threshold,
+                            const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH, int64_t KW, int64_t sh,
+                            int64_t sw, int64_t ph, int64_t pw, int64_t isa) {
+  isa = resolve_isa(isa);
+  if (x.scalar_type() == torch::kLong) {
+    TORCH_CHECK(!threshold.has_value(), "zoo binary kernel: a threshold cannot be applied to packed activations");
+    return conv_packed(x, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa);
+  }
+  check_activation(x);
+  TORCH_CHECK(x.size(1) == C, "zoo binary kernel: input has ", x.size(1), " channels, in_channels=", C);
+  return conv_packed(pack_activations(x, threshold, isa), wblocked, O, C, KH, KW, sh, sw, ph, pw, isa);
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> v{"scalar"};
+  if (cpu_has_avx2()) v.push_back("avx2");
+  if (cpu_has_avx512()) v.push_back("avx512-vpopcntdq");
+  return v;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace pybind11::literals;
+  m.doc() = "zoo binary conv2d CPU kernels (packed XOR-popcount, AVX-512 VPOPCNTDQ / AVX2 / scalar)";
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("pack_weights", &pack_weights, "weight"_a, nogil);
+  m.def("block_weights", &block_weights, "packed"_a, nogil);
+  m.def("pack_activations", &pack_activations, "x"_a, "threshold"_a, "isa"_a, nogil);
+  m.def("conv_packed", &conv_packed, "act"_a, "wblocked"_a, "out_channels"_a, "in_channels"_a, "kh"_a, "kw"_a,
+        "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
+  m.def("binary_conv2d", &binary_conv2d, "x"_a, "threshold"_a, "wblocked"_a, "out_channels"_a, "in_channels"_a,
+        "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
+  m.def("best_isa", [] { return isa_name(best_isa()); });
+  m.def("available_isas", &available_isas);
+  m.def("isa_code", [](const std::string& name) -> int64_t {
+    if (name == "auto") return kAuto;
+    if (name == "scalar") return kScalar;
+    if (name == "avx2") return kAvx2;
+    if (name == "avx512" || name == "avx512-vpopcntdq") return kAvx512;
+    TORCH_CHECK(false, "zoo binary kernel: unknown ISA '", name, "' (use auto, scalar, avx2, avx512)");
+  });
+}
