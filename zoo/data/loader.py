@@ -57,6 +57,8 @@ class BatchIterator:
             generator = None
             if self.augment:
                 generator = torch.Generator().manual_seed(hash((self.seed, epoch, b, self.rank)) & 0x7FFF_FFFF)
-            take = getattr(self.images, "take", None)  # decoded-on-demand splits crop while decoding
-            images = take(idx, generator) if take is not None and generator is not None else self.images[idx]
+            if isinstance(self.images, DecodedImages) and generator is not None:
+                images = self.images.take(idx, generator)  # decoded-on-demand splits crop while decoding
+            else:
+                images = self.images[idx]
             yield self.transform(images, generator), self.labels[idx]
