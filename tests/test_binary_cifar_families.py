@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from zoo.measure import count_macs
 from zoo.models.binary_resnet18_cifar import BinaryResNet18Cifar
 from zoo.models.binary_vgg_small import BinaryVggSmall
-from zoo.nn import BinaryConv2d, SelfDistributionBinaryConv2d
+from zoo.nn import BinaryConv2d, SelfDistributionBinaryConv2d, pool_and_concat
 
 METHODS = ("bnn", "sdbnn", "ir2net")
 RESNET18 = [f"resnet18_cifar_{m}" for m in METHODS]
@@ -253,7 +253,7 @@ def test_resnet18_ir2net_recovery_taps() -> None:
         (256, 8, 8),
         (512, 4, 4),
     ]
-    fused_in = model.recovery_input(stages)
+    fused_in = pool_and_concat(stages[:-1], stages[-1])
     assert fused_in.shape == (2, 1024, 4, 4)
     offsets = [0, 64, 128, 256, 512, 1024]
     for tap, lo, hi in zip(stages, offsets[:-1], offsets[1:], strict=True):
@@ -272,7 +272,7 @@ def test_vgg_small_ir2net_recovery_taps(size: int, final: int) -> None:
     model = _create("vgg_small_ir2net", size)
     stem, last = model.forward_stages(torch.randn(2, 3, size, size))
     assert stem.shape == (2, 128, size, size) and last.shape == (2, 512, final, final)
-    fused_in = model.recovery_input(stem, last)
+    fused_in = pool_and_concat([stem], last)
     assert fused_in.shape == (2, 640, final, final)
     torch.testing.assert_close(fused_in[:, :128], F.adaptive_avg_pool2d(stem, final))
     torch.testing.assert_close(fused_in[:, 128:], last)
@@ -280,7 +280,7 @@ def test_vgg_small_ir2net_recovery_taps(size: int, final: int) -> None:
     primary, cheap = model.recovery.primary_conv[0], model.recovery.cheap_operation[0]
     assert (primary.in_channels, primary.out_channels) == (640, 16)
     assert (cheap.in_channels, cheap.out_channels, cheap.groups) == (16, 496, 16)
-    assert model.fuse(stem, last).shape == (2, 512, final, final)
+    assert model.fuse([stem, last]).shape == (2, 512, final, final)
     assert _create("vgg_small_bnn").recovery is None and _create("vgg_small_sdbnn").recovery is None
 
 
@@ -305,8 +305,7 @@ def test_restricted_pair_only_in_ir2net_training(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["resnet18_cifar_ir2net", "vgg_small_ir2net"])
 def test_restriction_masks_from_the_last_stage(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zoo.models.binary_resnet18_cifar as r18
-    import zoo.models.binary_vgg_small as vgg
+    import zoo.models._binary_base as binary_base
 
     seen = []
 
@@ -316,7 +315,7 @@ def test_restriction_masks_from_the_last_stage(arch: str, monkeypatch: pytest.Mo
         mask[..., : size[1] // 2] = 0  # at init the attention is nearly flat and the real mask keeps every pixel
         return mask
 
-    monkeypatch.setattr(r18 if arch in RESNET18 else vgg, "restriction_mask", spy)
+    monkeypatch.setattr(binary_base, "restriction_mask", spy)
     torch.manual_seed(0)
     model = _create(arch).train()
     x = torch.randn(2, 3, 32, 32)

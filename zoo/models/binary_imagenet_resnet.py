@@ -37,14 +37,14 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
 
+from zoo.models._binary_base import BinaryClassifier
 from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
-from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d, pool_and_concat, restriction_mask
+from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d
 from zoo.nn.ir2net import prelu_act
 
 METHODS = ("bireal", "sdbnn", "ir2net")
@@ -93,7 +93,7 @@ class BiRealBlock(nn.Module):
         return self.act(self.bn(self.conv(x)) + self.shortcut(x))
 
 
-class BinaryImageNetResNet(nn.Module):
+class BinaryImageNetResNet(BinaryClassifier):
     """1-bit Bi-Real ResNet for ImageNet with the parts of one method (``bireal``, ``sdbnn`` or ``ir2net``)."""
 
     def __init__(
@@ -151,14 +151,6 @@ class BinaryImageNetResNet(nn.Module):
             if isinstance(m, BinaryConv2d):  # the reference's rand * 0.001 (ReActNet's HardBinaryConv)
                 nn.init.uniform_(m.weight, 0.0, 1e-3)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem output (before the max-pool) and the output of each stage."""
         outs = [self.act1(self.bn1(self.conv1(x)))]
@@ -167,41 +159,6 @@ class BinaryImageNetResNet(nn.Module):
             x = getattr(self, f"layer{i + 1}")(x)
             outs.append(x)
         return outs
-
-    def fuse(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        """The last stage's features, with the stem and earlier stages recovered into them for IR²Net."""
-        if self.recovery is None:
-            return stages[-1]
-        return self.recovery(pool_and_concat(stages[:-1], stages[-1]))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(self.forward_stages(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if x.ndim == 2:  # BN1d acts on pooled features; unpooled (global_pool='') features pass through
-            x = self.head_norm(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor, restricted_pair: bool = False):
-        """Logits; with ``restricted_pair`` (IR²Net training) also the logits of the restricted second pass.
-
-        The pair goes through ``forward`` so that a data-parallel wrapper sees one forward call.
-        """
-        if restricted_pair:
-            return self.forward_restricted_pair(x)
-        return self.forward_head(self.forward_features(x))
-
-    def forward_restricted_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """IR²Net training: logits of x, and of x masked by the attention of the last stage (second pass)."""
-        if self.method != "ir2net" or not self.training:
-            raise RuntimeError("information restriction is part of IR²Net training: call it in train mode only")
-        stages = self.forward_stages(x)
-        logits = self.forward_head(self.fuse(stages))
-        mask = restriction_mask(stages[-1], x.shape[-2:])
-        return logits, self.forward_head(self.forward_features(x * mask))
 
 
 def _cfg(**kwargs) -> dict:

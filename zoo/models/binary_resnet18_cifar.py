@@ -29,9 +29,10 @@ from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
 
+from zoo.models._binary_base import BinaryClassifier
 from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
 from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
-from zoo.nn import CIRec, pool_and_concat, restriction_mask
+from zoo.nn import CIRec
 from zoo.nn.ir2net import hardtanh_act
 
 __all__ = ["BinaryResNet18Cifar", "BinaryResNet18Block"]
@@ -59,7 +60,7 @@ class BinaryResNet18Block(nn.Module):
         return F.hardtanh(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class BinaryResNet18Cifar(nn.Module):
+class BinaryResNet18Cifar(BinaryClassifier):
     """1-bit CIFAR ResNet-18 (3×3 stem, no max-pool) with the parts of one method (``bnn``, ``sdbnn``, ``ir2net``)."""
 
     def __init__(
@@ -105,59 +106,12 @@ class BinaryResNet18Cifar(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem output and the output of each of the four stages."""
         outs = [self.act1(self.bn1(self.conv1(x)))]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             outs.append(stage(outs[-1]))
         return outs
-
-    def recovery_input(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        """IR²Net's fusion input: the earlier taps pooled to the last stage's resolution, concatenated with it."""
-        return pool_and_concat(stages[:-1], stages[-1])
-
-    def fuse(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        """The last stage's features, with the earlier stages recovered into them for IR²Net."""
-        if self.recovery is None:
-            return stages[-1]
-        return self.recovery(self.recovery_input(stages))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(self.forward_stages(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if x.ndim == 2:  # BN1d acts on pooled features; unpooled (global_pool='') features pass through
-            x = self.head_norm(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor, restricted_pair: bool = False):
-        """Logits; with ``restricted_pair`` (IR²Net training) also the logits of the restricted second pass.
-
-        The pair goes through ``forward`` so that a data-parallel wrapper sees one forward call.
-        """
-        if restricted_pair:
-            return self.forward_restricted_pair(x)
-        return self.forward_head(self.forward_features(x))
-
-    def forward_restricted_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """IR²Net training: logits of x, and of x masked by the attention of the stage-4 output (second pass)."""
-        if self.method != "ir2net" or not self.training:
-            raise RuntimeError("information restriction is part of IR²Net training: call it in train mode only")
-        stages = self.forward_stages(x)
-        logits = self.forward_head(self.fuse(stages))
-        mask = restriction_mask(stages[-1], x.shape[-2:])
-        return logits, self.forward_head(self.forward_features(x * mask))
 
 
 def _cfg(**kwargs) -> dict:

@@ -42,9 +42,10 @@ from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import nn
 
+from zoo.models._binary_base import BinaryClassifier
 from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
 from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
-from zoo.nn import CIRec, pool_and_concat, restriction_mask
+from zoo.nn import CIRec
 from zoo.nn.ir2net import hardtanh_act
 
 __all__ = ["BinaryVggSmall", "BinaryVggBlock", "vgg_binary_conv_layer"]
@@ -86,7 +87,7 @@ def _check_global_pool(global_pool: str | None) -> None:
         )
 
 
-class BinaryVggSmall(nn.Module):
+class BinaryVggSmall(BinaryClassifier):
     """1-bit VGG-Small with the parts of one method (``bnn``, ``sdbnn`` or ``ir2net``), for a fixed input size."""
 
     def __init__(
@@ -145,36 +146,18 @@ class BinaryVggSmall(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new linear layer on the flattened features (``num_classes=0``: none); no global pooling exists."""
         _check_global_pool(global_pool)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conv0 block output (IR²Net's recovery tap) and the conv5 block output."""
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The conv0 block output (IR²Net's recovery tap) and the conv5 block output (the map the head flattens)."""
         x = stem = self.act0(self.bn0(self.conv0(x)))
         for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
             x = block(x)
-        return stem, x
-
-    def recovery_input(self, stem: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
-        """IR²Net's fusion input: the conv0 block output pooled to the final resolution, concatenated with it."""
-        return pool_and_concat([stem], final)
-
-    def fuse(self, stem: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
-        """The final features, with the conv0 block recovered into them for IR²Net."""
-        if self.recovery is None:
-            return final
-        return self.recovery(self.recovery_input(stem, final))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The 512×h×w map the head flattens."""
-        return self.fuse(*self.forward_stages(x))
+        return [stem, x]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Flatten the final map into the linear layer; ``pre_logits``: the flattened map (``head_hidden_size``)."""
@@ -188,24 +171,6 @@ class BinaryVggSmall(nn.Module):
         if self.drop_rate:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor, restricted_pair: bool = False):
-        """Logits; with ``restricted_pair`` (IR²Net training) also the logits of the restricted second pass.
-
-        The pair goes through ``forward`` so that a data-parallel wrapper sees one forward call.
-        """
-        if restricted_pair:
-            return self.forward_restricted_pair(x)
-        return self.forward_head(self.forward_features(x))
-
-    def forward_restricted_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """IR²Net training: logits of x, and of x masked by the attention of the conv5 block output (second pass)."""
-        if self.method != "ir2net" or not self.training:
-            raise RuntimeError("information restriction is part of IR²Net training: call it in train mode only")
-        stem, final = self.forward_stages(x)
-        logits = self.forward_head(self.fuse(stem, final))
-        mask = restriction_mask(final, x.shape[-2:])
-        return logits, self.forward_head(self.forward_features(x * mask))
 
 
 def _cfg(**kwargs) -> dict:

@@ -261,7 +261,7 @@ ZOO_TARGET_AVX2 void pack_rows_nchw_avx2(const PackArgs& a, int64_t r0, int64_t 
   }
 }
 
-void pack_into(const torch::Tensor& x, const torch::Tensor& th, int64_t thN, torch::Tensor& out, int64_t isa) {
+void pack_into(const torch::Tensor& x, const void* th, int64_t thN, torch::Tensor& out, int64_t isa) {
   PackArgs a;
   a.x = x.data_ptr();
   a.N = x.size(0);
@@ -272,7 +272,7 @@ void pack_into(const torch::Tensor& x, const torch::Tensor& th, int64_t thN, tor
   a.sC = x.stride(1);
   a.sH = x.stride(2);
   a.sW = x.stride(3);
-  a.th = th.data_ptr();
+  a.th = th;
   a.thN = thN;
   a.out = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
   a.CW = out.size(3);
@@ -301,18 +301,28 @@ void pack_into(const torch::Tensor& x, const torch::Tensor& th, int64_t thN, tor
   });
 }
 
-// Thresholds: None -> zeros [C]; [C] or [N, C] -> contiguous, in x's dtype. Returns (tensor, per-sample stride).
-std::pair<torch::Tensor, int64_t> prepare_threshold(const torch::Tensor& x, const std::optional<torch::Tensor>& th) {
+// Thresholds: None -> an all-zero buffer (0 in every floating dtype); [C] or [N, C] -> contiguous, in x's dtype.
+struct Threshold {
+  torch::Tensor keep;  // owns converted thresholds
+  const void* ptr;
+  int64_t stride_n;  // 0 for [C] thresholds
+};
+
+Threshold prepare_threshold(const torch::Tensor& x, const std::optional<torch::Tensor>& th) {
   const int64_t N = x.size(0), C = x.size(1);
-  if (!th.has_value()) return {torch::zeros({C}, x.options()), 0};
+  if (!th.has_value()) {
+    thread_local std::vector<u64> zeros;  // read by the worker threads while this thread waits in the call
+    if (static_cast<int64_t>(zeros.size()) < C) zeros.assign(C, 0);
+    return {torch::Tensor(), zeros.data(), 0};
+  }
   torch::Tensor t = th->to(x.device(), x.scalar_type()).contiguous();
   if (t.dim() == 1) {
     TORCH_CHECK(t.size(0) == C, "zoo binary kernel: threshold of shape [C] needs C = ", C, ", got ", t.sizes());
-    return {t, 0};
+    return {t, t.data_ptr(), 0};
   }
   TORCH_CHECK(t.dim() == 2 && t.size(0) == N && t.size(1) == C,
               "zoo binary kernel: threshold must have shape [C] or [N, C] = [", N, ", ", C, "], got ", t.sizes());
-  return {t, C};
+  return {t, t.data_ptr(), C};
 }
 
 void check_activation(const torch::Tensor& x) {
@@ -326,10 +336,10 @@ void check_activation(const torch::Tensor& x) {
 torch::Tensor pack_activations(const torch::Tensor& x, const std::optional<torch::Tensor>& threshold, int64_t isa) {
   check_activation(x);
   isa = resolve_isa(isa);
-  auto [th, thN] = prepare_threshold(x, threshold);
+  const Threshold th = prepare_threshold(x, threshold);
   torch::Tensor out =
       torch::empty({x.size(0), x.size(2), x.size(3), ceil_div(x.size(1), 64)}, x.options().dtype(torch::kLong));
-  pack_into(x, th, thN, out, isa);
+  pack_into(x, th.ptr, th.stride_n, out, isa);
   return out;
 }
 
@@ -402,11 +412,16 @@ struct Geom {
 // Pointer table of MR output pixels starting at p0 (pixels past M repeat the last one and are never stored).
 inline void build_ptrs(const Geom& g, int64_t p0, int MR, const u64** ptrs, int64_t* nvalid, bool* border) {
   const int64_t P = g.OH * g.OW;
+  int64_t n = p0 / P, rr = p0 - n * P, oh = rr / g.OW, ow = rr - oh * g.OW;  // stepped, not divided, per pixel
   for (int j = 0; j < MR; ++j) {
-    const int64_t p = std::min(p0 + j, g.M - 1);
-    const int64_t n = p / P, rr = p - n * P, oh = rr / g.OW, ow = rr - oh * g.OW;
-    const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
     const u64** pj = ptrs + static_cast<int64_t>(j) * g.T;
+    if (p0 + j >= g.M) {  // past the end: repeat the last pixel's pointers (computed, never stored)
+      std::memcpy(pj, pj - g.T, sizeof(const u64*) * g.T);
+      nvalid[j] = nvalid[j - 1];
+      border[j] = border[j - 1];
+      continue;
+    }
+    const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
     if (ih0 >= 0 && ih0 + g.KH <= g.H && iw0 >= 0 && iw0 + g.KW <= g.W) {
       const u64* base = g.act + ((n * g.H + ih0) * g.W + iw0) * g.CW;
       for (int64_t t = 0; t < g.T; ++t) pj[t] = base + g.tapoff[t];
@@ -425,6 +440,13 @@ inline void build_ptrs(const Geom& g, int64_t p0, int MR, const u64** ptrs, int6
       }
       nvalid[j] = cnt;
       border[j] = true;
+    }
+    if (++ow == g.OW) {
+      ow = 0;
+      if (++oh == g.OH) {
+        oh = 0;
+        ++n;
+      }
     }
   }
 }
@@ -607,20 +629,19 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
               for (int v = 0; v < NV; ++v)
                 acc[j][v] = _mm512_sub_epi64(acc[j][v], _mm512_loadu_si512(wpop + t * NB + 8 * v));
         }
-        const __m512i full = _mm512_set1_epi64(g.C * nvalid[j]);
+        // Two 8-lane int64 accumulators -> one 16-lane int32 vector -> 16 floats.
+        const __m512i full = _mm512_set1_epi32(static_cast<int>(g.C * nvalid[j]));
         float* op = g.out + p * g.O + o0;
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-          const __m512i r = _mm512_sub_epi64(full, _mm512_slli_epi64(acc[j][v], 1));
-          const __m256 f = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(r));
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v += 2) {
+          __m512i a32 = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[j][v]));
+          if (v + 1 < NV) a32 = _mm512_inserti64x4(a32, _mm512_cvtepi64_epi32(acc[j][v + 1 < NV ? v + 1 : v]), 1);
+          const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(full, _mm512_slli_epi32(a32, 1)));
           const int64_t lanes = ocount - 8 * v;
-          if (lanes >= 8) {
-            _mm256_storeu_ps(op + 8 * v, f);
-          } else if (lanes > 0) {
-            const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)),
-                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            _mm256_maskstore_ps(op + 8 * v, lm, f);
-          }
+          if (lanes >= 16)
+            _mm512_storeu_ps(op + 8 * v, f);
+          else if (lanes > 0)
+            _mm512_mask_storeu_ps(op + 8 * v, static_cast<__mmask16>((1u << lanes) - 1), f);
         }
       }
     }
@@ -647,7 +668,7 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   TORCH_CHECK(wblocked.size(0) == nOB && wblocked.size(1) == K + T && wblocked.size(2) == NB,
               "zoo binary kernel: blocked weights ", wblocked.sizes(), " do not match O=", O, " C=", C, " kernel ", KH,
               "x", KW, " (expected [", nOB, ", ", K + T, ", ", NB, "])");
-  TORCH_CHECK(C * T < (int64_t{1} << 31), "zoo binary kernel: C*KH*KW too large");
+  TORCH_CHECK(C * T < (int64_t{1} << 30), "zoo binary kernel: in_channels*KH*KW must be < 2^30, got ", C * T);
   isa = resolve_isa(isa);
   const torch::Tensor a = act.contiguous();
   const torch::Tensor wb = wblocked.contiguous();

@@ -1,0 +1,318 @@
+"""The packed binary conv kernels (zoo.kernels) against F.conv2d on ±1 tensors with zero padding.
+
+Every code path this machine can run is checked: the C++ extension's ISAs (scalar, avx2, avx512 VPOPCNTDQ where the
+CPU has them, forced through ZOO_KERNEL_ISA) and the pure-PyTorch fallback (ZOO_DISABLE_KERNELS=1). Results are small
+integers, so equality is exact (torch.equal).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo.kernels as zk
+from zoo.kernels import _build
+from zoo.kernels import binary as kb
+from zoo.nn.quantizers import hard_sign
+
+_ISA_OF_BACKEND = {"scalar": "scalar", "avx2": "avx2", "avx512-vpopcntdq": "avx512"}
+_KERNEL_ISAS = [_ISA_OF_BACKEND[b] for b in zk.available_isas()]
+PATHS = ["scalar", "avx2", "avx512", "torch"]
+CHANNELS = [1, 3, 63, 64, 65, 127, 130, 300]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch) -> str:
+    """Select one code path through the environment, as a user would."""
+    name = request.param
+    if name == "torch":
+        monkeypatch.setenv("ZOO_DISABLE_KERNELS", "1")
+        assert zk.kernel_backend() == "torch-fallback"
+    else:
+        if name not in _KERNEL_ISAS:
+            pytest.skip(f"ISA {name} not available here (available: {_KERNEL_ISAS or 'none'})")
+        monkeypatch.delenv("ZOO_DISABLE_KERNELS", raising=False)
+        monkeypatch.setenv("ZOO_KERNEL_ISA", name)
+        assert zk.kernel_backend() == {"avx512": "avx512-vpopcntdq"}.get(name, name)
+    return name
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, stride, padding, tau=None) -> torch.Tensor:
+    xs = x.float() if tau is None else x.float() - tau
+    return F.conv2d(hard_sign(xs.contiguous()), hard_sign(w.float()), stride=stride, padding=padding)
+
+
+def _with_ties(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Sprinkle exact +0.0 and -0.0 (both binarize to +1) into a random tensor."""
+    r = torch.rand(t.shape, generator=gen)
+    t = torch.where(r < 0.05, torch.zeros_like(t), t)
+    return torch.where(r > 0.95, torch.full_like(t, -0.0), t)
+
+
+def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values in another memory layout."""
+    n, c, h, w = x.shape
+    if kind == "channels_last":
+        return x.to(memory_format=torch.channels_last)
+    if kind == "misaligned":  # storage offset of one float: the data pointer is 4 bytes off any vector alignment
+        buf = torch.empty(x.numel() + 1)
+        buf[1:] = x.reshape(-1)
+        return buf[1:].view(n, c, h, w)
+    if kind == "misaligned_cl":
+        buf = torch.empty(x.numel() + 3)
+        buf[3:] = x.permute(0, 2, 3, 1).reshape(-1)
+        return buf[3:].view(n, h, w, c).permute(0, 3, 1, 2)
+    if kind == "channel_slice":  # channel stride 2*H*W, width stride 1
+        big = torch.zeros(n, 2 * c, h, w)
+        big[:, ::2] = x
+        return big[:, ::2]
+    if kind == "width_slice":  # width stride 2: the fully strided path
+        big = torch.zeros(n, c, h, 2 * w)
+        big[..., ::2] = x
+        return big[..., ::2]
+    if kind == "transposed":  # H and W strides swapped
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    return x
+
+
+LAYOUTS = ["contiguous", "channels_last", "misaligned", "misaligned_cl", "channel_slice", "width_slice", "transposed"]
+
+
+def _random_cases(count: int, seed: int):
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        c = rng.choice(CHANNELS) if len(cases) % 2 == 0 else rng.randint(1, 300)
+        o = rng.choice([1, 3, 8, 16, 17, 24, 33, 64, 70])
+        k = rng.choice([1, 3, 3, 3, 5]) if len(cases) % 10 else 2  # odd kernels, plus an even one now and then
+        s, p = rng.choice([1, 2]), rng.choice([0, 1, 1])
+        n, h, w = rng.randint(1, 8), rng.randint(1, 30), rng.randint(1, 30)
+        if h + 2 * p < k or w + 2 * p < k or n * h * w * c * o * k * k > 4e7:
+            continue
+        cases.append((n, c, h, w, o, k, s, p, LAYOUTS[len(cases) % len(LAYOUTS)]))
+    return cases
+
+
+def test_random_shapes_match_conv2d(path):
+    gen = torch.Generator().manual_seed(0)
+    for n, c, h, w, o, k, s, p, layout in _random_cases(40, seed=1):
+        x = _with_ties(torch.randn(n, c, h, w, generator=gen), gen)
+        wt = _with_ties(torch.randn(o, c, k, k, generator=gen), gen)
+        packed = zk.pack_weights(wt)
+        y = zk.binary_conv2d(_layout(x, layout), packed, o, c, k, stride=s, padding=p)
+        ref = _reference(x, wt, s, p)
+        assert y.dtype == torch.float32 and y.shape == ref.shape, (y.shape, ref.shape)
+        assert torch.equal(y, ref), f"mismatch for N={n} C={c} {h}x{w} O={o} k={k} s={s} p={p} {layout} ({path})"
+
+
+def test_resnet_stage_shapes(path):
+    """Full-size ResNet-18 / ResNet-20 layer shapes (3x3, pad 1, stride 1 and 2), where the SIMD tiles are full."""
+    gen = torch.Generator().manual_seed(2)
+    for hw, c, o, s in [(56, 64, 64, 1), (28, 64, 128, 2), (7, 512, 512, 1), (28, 16, 16, 1), (14, 16, 32, 2)]:
+        if path == "scalar" and c * o > 64 * 128:
+            continue  # keep the portable path's share of the runtime small
+        x = torch.randn(1, c, hw, hw, generator=gen)
+        wt = torch.randn(o, c, 3, 3, generator=gen)
+        assert torch.equal(zk.binary_conv2d(x, zk.pack_weights(wt), o, c, 3, s, 1), _reference(x, wt, s, 1))
+
+
+def _ref_words(bits: torch.Tensor) -> torch.Tensor:
+    """Independent packer: bool [..., C] -> int64 words via Python integers."""
+    c = bits.shape[-1]
+    flat = bits.reshape(-1, c).tolist()
+    out = []
+    for row in flat:
+        words = []
+        for i in range(0, c, 64):
+            v = sum(1 << b for b, bit in enumerate(row[i : i + 64]) if bit)
+            words.append(v - (1 << 64) if v >= 1 << 63 else v)
+        out.append(words)
+    return torch.tensor(out, dtype=torch.int64).reshape(*bits.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("c", [1, 63, 64, 65, 130])
+def test_weight_packing_layout_and_roundtrip(path, c):
+    gen = torch.Generator().manual_seed(c)
+    w = _with_ties(torch.randn(5, c, 3, 3, generator=gen), gen)
+    packed = zk.pack_weights(w)
+    assert packed.dtype == torch.int64 and packed.shape == (5, 3, 3, (c + 63) // 64)
+    assert torch.equal(packed, _ref_words((w >= 0).permute(0, 2, 3, 1)))  # OHWI, bit c%64 of word c//64, tail 0
+    assert torch.equal(zk.unpack_weights(packed, w.shape), hard_sign(w))
+    pm = hard_sign(w)
+    assert torch.equal(zk.unpack_weights(zk.pack_weights(pm), pm.shape), pm)  # exact inverse on ±1
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        assert torch.equal(zk.pack_weights(w.to(dtype)), zk.pack_weights(w.to(dtype).float()))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_activation_packing_layout(path, layout):
+    gen = torch.Generator().manual_seed(3)
+    for c in (1, 65, 130):
+        x = _with_ties(torch.randn(2, c, 5, 19, generator=gen), gen)
+        packed = zk.pack_activations(_layout(x, layout))
+        assert packed.shape == (2, 5, 19, (c + 63) // 64)
+        assert torch.equal(packed, _ref_words((x >= 0).permute(0, 2, 3, 1)))
+        assert torch.equal(zk.unpack_activations(packed, c), hard_sign(x))
+
+
+def test_other_float_dtypes(path):
+    """Comparisons run in the input's dtype: float64 values that round to -0.0 in float32 still give -1."""
+    x = torch.tensor([-1e-300, 1e-300, -0.0, 0.0, -1.0, 2.0], dtype=torch.float64).reshape(1, 6, 1, 1)
+    assert torch.equal(zk.unpack_activations(zk.pack_activations(x), 6).flatten(), torch.tensor([-1.0, 1, 1, 1, -1, 1]))
+    gen = torch.Generator().manual_seed(4)
+    xh = torch.randn(2, 70, 6, 7, generator=gen)
+    w = torch.randn(9, 70, 3, 3, generator=gen)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        xd = xh.to(dtype)
+        y = zk.binary_conv2d(xd, zk.pack_weights(w), 9, 70, 3, 1, 1)
+        ref = F.conv2d(hard_sign(xd).float(), hard_sign(w), padding=1)
+        assert torch.equal(y, ref), dtype
+
+
+def test_tie_rule(path):
+    """sign(+0.0) = sign(-0.0) = +1 for activations and weights; NaN activations give -1 (x >= 0 is false)."""
+    x = torch.tensor([0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), float("-inf")]).reshape(1, 7, 1, 1)
+    bits = zk.unpack_activations(zk.pack_activations(x), 7).flatten()
+    assert torch.equal(bits, torch.tensor([1.0, 1, 1, -1, -1, 1, -1]))
+    w = torch.tensor([0.0, -0.0, 0.0, -0.0, -1.0, 1.0, 0.0]).reshape(1, 7, 1, 1)
+    assert torch.equal(zk.unpack_weights(zk.pack_weights(w), w.shape).flatten(), torch.tensor([1.0, 1, 1, 1, -1, 1, 1]))
+    y = zk.binary_conv2d(x[:, :4], zk.pack_weights(w[:, :4]), 1, 4, 1)  # (+1, +1, +1, -1) . (+1, +1, +1, +1)
+    assert y.item() == 2.0
+    zero = torch.zeros(2, 3, 4, 4)
+    zero[1] = -0.0
+    w3 = -torch.ones(5, 3, 3, 3)
+    assert torch.equal(zk.binary_conv2d(zero, zk.pack_weights(w3), 5, 3, 3, 1, 1), _reference(zero, w3, 1, 1))
+
+
+def test_thresholds(path):
+    gen = torch.Generator().manual_seed(5)
+    n, c, o = 3, 70, 12
+    x = torch.randn(n, c, 9, 8, generator=gen)
+    w = torch.randn(o, c, 3, 3, generator=gen)
+    packed = zk.pack_weights(w)
+    per_channel = torch.randn(c, generator=gen) * 0.5
+    x[:, :, 0, 0] = per_channel  # exact ties: x == tau -> +1
+    y = zk.binary_conv2d(x, packed, o, c, 3, 1, 1, threshold=per_channel)
+    expected = torch.where(x >= per_channel[:, None, None], 1.0, -1.0)
+    assert torch.equal(y, F.conv2d(expected, hard_sign(w), padding=1))
+    # SD-BNN's ASD: sign(x + s) with a per-sample, per-channel shift s in (0, 1) == threshold -s, bit for bit.
+    s = torch.rand(n, c, generator=gen)
+    x[:, :, 1, 1] = -s  # x + s == 0 exactly -> +1
+    y = zk.binary_conv2d(x, packed, o, c, 3, 2, 1, threshold=-s)
+    assert torch.equal(y, F.conv2d(hard_sign(x + s[:, :, None, None]), hard_sign(w), stride=2, padding=1))
+    # a float threshold is a per-channel constant, and packing honours thresholds the same way
+    assert torch.equal(zk.binary_conv2d(x, packed, o, c, 3, 1, 0, threshold=0.25), _reference(x, w, 1, 0, tau=0.25))
+    assert torch.equal(
+        zk.pack_activations(x.to(memory_format=torch.channels_last), -s),
+        _ref_words((x + s[:, :, None, None] >= 0).permute(0, 2, 3, 1)),
+    )
+
+
+def test_prepacked_activations(path):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 100, 11, 13, generator=gen)
+    w = torch.randn(20, 100, 3, 3, generator=gen)
+    act = zk.pack_activations(x)
+    y = zk.binary_conv2d(act, zk.pack_weights(w), 20, 100, 3, 2, 1)
+    assert torch.equal(y, _reference(x, w, 2, 1))
+
+
+def test_unsupported_configurations_raise(path):
+    x = torch.randn(1, 8, 6, 6)
+    w = torch.randn(4, 8, 3, 3)
+    pw = zk.pack_weights(w)
+    with pytest.raises(NotImplementedError, match="dilation"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, dilation=2)
+    with pytest.raises(NotImplementedError, match="groups"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, groups=2)
+    with pytest.raises(NotImplementedError, match="same"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, padding="same")
+    with pytest.raises(ValueError, match="in_channels"):
+        zk.binary_conv2d(x, pw, 4, 9, 3)
+    with pytest.raises(ValueError, match="packed_weight"):
+        zk.binary_conv2d(x, pw, 4, 8, 1)
+    with pytest.raises(ValueError, match="packed_weight"):
+        zk.binary_conv2d(x, w, 4, 8, 3)  # unpacked float weight
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        zk.binary_conv2d(torch.randn(1, 8, 1, 1), pw, 4, 8, 3, padding=0)
+    with pytest.raises(ValueError, match="stride"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, stride=0)
+    with pytest.raises(ValueError, match="threshold"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, threshold=torch.zeros(7))
+    with pytest.raises(ValueError, match="4-D"):
+        zk.binary_conv2d(x[0], pw, 4, 8, 3)
+    with pytest.raises(ValueError):
+        zk.unpack_weights(pw, (4, 65, 3, 3))
+    with pytest.raises(ValueError, match="spatial"):
+        zk.binary_conv2d(torch.randn(1, 8, 0, 6), pw, 4, 8, 3, padding=1)
+
+
+def test_empty_batch(path):
+    pw = zk.pack_weights(torch.randn(4, 8, 3, 3))
+    assert zk.binary_conv2d(torch.randn(0, 8, 5, 5), pw, 4, 8, 3, 1, 1).shape == (0, 4, 5, 5)
+
+
+def test_concurrent_calls_from_threads():
+    """Four Python threads (the C++ ops release the GIL) give the same results as serial calls."""
+    gen = torch.Generator().manual_seed(7)
+    jobs = []
+    for i in range(8):
+        c, o = (64, 64) if i % 2 else (130, 33)
+        x = torch.randn(2, c, 14, 14, generator=gen)
+        w = torch.randn(o, c, 3, 3, generator=gen)
+        jobs.append((x, zk.pack_weights(w), o, c, 1 + i % 2))
+    run = [lambda j=j: zk.binary_conv2d(j[0], j[1], j[2], j[3], 3, j[4], 1) for j in jobs]
+    serial = [f() for f in run]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            parallel = list(pool.map(lambda f: f(), run * 2))
+            assert all(torch.equal(a, b) for a, b in zip(parallel, serial * 2, strict=True))
+
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.setenv("ZOO_DISABLE_KERNELS", "1")
+    assert zk.kernel_backend() == "torch-fallback" and zk.available_isas() == ()
+    monkeypatch.delenv("ZOO_DISABLE_KERNELS")
+    monkeypatch.setenv("ZOO_KERNEL_ISA", "torch")
+    assert zk.kernel_backend() == "torch-fallback"
+    monkeypatch.setenv("ZOO_KERNEL_ISA", "bogus")
+    with pytest.raises(ValueError, match="ZOO_KERNEL_ISA"):
+        zk.kernel_backend()
+    with pytest.raises(ValueError):
+        zk.set_kernel_isa("bogus")
+    monkeypatch.setenv("ZOO_KERNEL_ISA", "auto")
+    if zk.available_isas():
+        assert zk.kernel_backend() in ("avx512-vpopcntdq", "avx2", "scalar")
+        zk.set_kernel_isa("scalar")
+        try:
+            assert zk.kernel_backend() == "scalar"
+        finally:
+            zk.set_kernel_isa(None)
+    else:
+        assert zk.kernel_backend() == "torch-fallback"
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
+    """An extension that cannot be built: one RuntimeWarning naming the cause, then the fallback's exact results."""
+    monkeypatch.delenv("ZOO_DISABLE_KERNELS", raising=False)
+    monkeypatch.delenv("ZOO_KERNEL_ISA", raising=False)
+    monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(_build, "_SOURCES", [tmp_path / "missing.cpp"])
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setattr(kb, "_select_memo", {})
+    x = torch.randn(1, 5, 4, 4)
+    w = torch.randn(3, 5, 3, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y1 = zk.binary_conv2d(x, zk.pack_weights(w), 3, 5, 3, 1, 1)
+        y2 = zk.binary_conv2d(x, zk.pack_weights(w), 3, 5, 3, 1, 1)
+    ours = [c for c in caught if "zoo.kernels" in str(c.message)]
+    assert len(ours) == 1 and issubclass(ours[0].category, RuntimeWarning)
+    assert "missing.cpp" in str(ours[0].message) or "could not be built" in str(ours[0].message)
+    assert zk.kernel_backend() == "torch-fallback" and zk.kernel_unavailable_reason()
+    assert torch.equal(y1, _reference(x, w, 1, 1)) and torch.equal(y2, y1)

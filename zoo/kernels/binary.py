@@ -1,0 +1,350 @@
+"""Packed binary 2-D convolution for CPU inference, bit-exact with the zoo's ``BinaryConv2d`` forward.
+
+Semantics: ``binary_conv2d(x, pack_weights(w), ...) == F.conv2d(sign(x - tau), sign(w), stride, padding)`` where
+sign has the zoo's tie rule (``v >= 0 -> +1``, else ``-1``; ``-0.0 -> +1``, NaN -> -1), the *binarized* input is
+zero-padded (a padding tap contributes 0, not +-1), no scaling factors, ``groups = 1``, ``dilation = 1``. The result
+is float32 (small integers, exact), in channels_last memory format from the C++ kernel.
+
+Bit layout (int64 tensors holding uint64 words; channel ``c`` is bit ``c % 64`` of word ``c // 64``, 1 <-> +1, the
+bits past the channel count are 0):
+
+- :func:`pack_weights`: real OIHW ``(O, C, KH, KW)`` -> ``[O, KH, KW, ceil(C/64)]`` (OHWI), bit = ``w >= 0``;
+- :func:`pack_activations`: real ``(N, C, H, W)`` (any strides, channels_last included) -> ``[N, H, W, ceil(C/64)]``
+  (NHWC), bit = ``x >= threshold`` with a threshold of shape ``[C]`` (per input channel) or ``[N, C]`` (per sample
+  and channel), default 0. The comparison runs in ``x``'s dtype (the threshold is cast to it).
+
+Folding shifts into thresholds: a layer that binarizes ``x + s`` (SD-BNN's ASD shift ``s = SE(x)`` of shape
+``[N, C]``, ReActNet's RSign bias of shape ``[C]``) packs with ``threshold = -s``: in IEEE arithmetic with
+gradual underflow (torch's default; not under ``torch.set_flush_denormal(True)``) ``x + s >= 0`` holds exactly
+when ``x >= -s``, so the bits equal ``sign(x + s)`` bit for bit.
+
+Backends: a C++ extension (built at first use, see :mod:`zoo.kernels._build`) with AVX-512 VPOPCNTDQ, AVX2 and
+scalar code paths chosen at run time, and a pure-PyTorch fallback with the same results (used for non-CPU tensors,
+when the extension cannot be built, or when ``ZOO_DISABLE_KERNELS=1``). ``ZOO_KERNEL_ISA=auto|scalar|avx2|avx512|
+torch`` (or :func:`set_kernel_isa`) forces one path; both are read at every call.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zoo.kernels._build import kernels_disabled, load_error, load_extension
+
+__all__ = [
+    "available_isas",
+    "binary_conv2d",
+    "kernel_backend",
+    "pack_activations",
+    "pack_weights",
+    "set_kernel_isa",
+    "unpack_activations",
+    "unpack_weights",
+]
+
+_ISA_ALIASES = {
+    "": "auto",
+    "auto": "auto",
+    "scalar": "scalar",
+    "avx2": "avx2",
+    "avx512": "avx512",
+    "avx512-vpopcntdq": "avx512",
+    "torch": "torch",
+    "fallback": "torch",
+    "torch-fallback": "torch",
+}
+_ISA_CODES = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+_BACKEND_NAMES = {"scalar": "scalar", "avx2": "avx2", "avx512": "avx512-vpopcntdq"}
+_isa_override: str | None = None
+
+
+def set_kernel_isa(isa: str | None) -> None:
+    """Force a code path for this process (``auto``, ``scalar``, ``avx2``, ``avx512``, ``torch``); None: use the
+    ``ZOO_KERNEL_ISA`` environment variable again."""
+    global _isa_override
+    if isa is not None and isa.strip().lower() not in _ISA_ALIASES:
+        raise ValueError(f"unknown kernel ISA '{isa}', use one of auto, scalar, avx2, avx512, torch")
+    _isa_override = None if isa is None else _ISA_ALIASES[isa.strip().lower()]
+
+
+def _requested_isa() -> str:
+    if _isa_override is not None:
+        return _isa_override
+    raw = os.environ.get("ZOO_KERNEL_ISA", "auto").strip().lower()
+    if raw not in _ISA_ALIASES:
+        raise ValueError(f"ZOO_KERNEL_ISA='{raw}' is not one of auto, scalar, avx2, avx512, torch")
+    return _ISA_ALIASES[raw]
+
+
+_select_memo: dict[tuple, tuple] = {}
+
+
+def _select():
+    """(extension or None, ISA code) for the current settings; raises if a forced ISA is missing on this CPU.
+
+    Memoised on the raw settings (two environment reads per call), so switching them at run time still works.
+    """
+    env = os.environ
+    key = (env.get("ZOO_DISABLE_KERNELS"), env.get("ZOO_KERNEL_ISA"), _isa_override)
+    hit = _select_memo.get(key)
+    if hit is not None:
+        return hit
+    result: tuple = (None, 0)
+    if not kernels_disabled():
+        isa = _requested_isa()
+        ext = None if isa == "torch" else load_extension()
+        if ext is not None:
+            if isa != "auto" and _BACKEND_NAMES[isa] not in ext.available_isas():
+                raise RuntimeError(
+                    f"kernel ISA '{isa}' was requested (ZOO_KERNEL_ISA / set_kernel_isa) but this CPU only supports "
+                    f"{', '.join(ext.available_isas())}"
+                )
+            result = (ext, _ISA_CODES[isa])
+    if len(_select_memo) > 64:
+        _select_memo.clear()
+    _select_memo[key] = result
+    return result
+
+
+def available_isas() -> tuple[str, ...]:
+    """The C++ code paths this CPU can run (e.g. ``('scalar', 'avx2', 'avx512-vpopcntdq')``); empty when the
+    extension is disabled or unavailable."""
+    if kernels_disabled():
+        return ()
+    ext = load_extension()
+    return () if ext is None else tuple(ext.available_isas())
+
+
+def kernel_backend() -> str:
+    """The path :func:`binary_conv2d` takes for CPU tensors now: ``avx512-vpopcntdq``, ``avx2``, ``scalar`` or
+    ``torch-fallback``."""
+    ext, code = _select()
+    if ext is None:
+        return "torch-fallback"
+    return ext.best_isa() if code == 0 else _BACKEND_NAMES[_requested_isa()]
+
+
+def kernel_unavailable_reason() -> str | None:
+    """Why the C++ extension failed to build or load, if it did."""
+    return load_error()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packing (PyTorch reference implementations double as the fallback).
+# ---------------------------------------------------------------------------------------------------------------
+
+_SHIFTS = torch.arange(64, dtype=torch.int64)
+
+
+def _pack_last_dim(bits: torch.Tensor) -> torch.Tensor:
+    """bool [..., C] -> int64 [..., ceil(C/64)] words, channel c at bit c % 64 of word c // 64."""
+    c = bits.shape[-1]
+    cw = (c + 63) // 64
+    padded = F.pad(bits.to(torch.int64), (0, cw * 64 - c))
+    words = padded.reshape(*bits.shape[:-1], cw, 64) << _SHIFTS.to(bits.device)
+    return words.sum(dim=-1)  # distinct powers of two: the int64 sum is the two's-complement bit pattern
+
+
+def _unpack_last_dim(words: torch.Tensor, channels: int) -> torch.Tensor:
+    """int64 [..., CW] -> ±1 float32 [..., channels]."""
+    bits = (words.unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1
+    bits = bits.reshape(*words.shape[:-1], words.shape[-1] * 64)[..., :channels]
+    return bits.to(torch.float32) * 2 - 1
+
+
+def _check_conv_weight(weight: torch.Tensor) -> None:
+    if weight.dim() != 4 or not weight.is_floating_point() or weight.numel() == 0:
+        raise ValueError(f"expected a non-empty real (O, C, KH, KW) weight, got {tuple(weight.shape)} {weight.dtype}")
+
+
+def pack_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Real OIHW weight -> packed OHWI words ``[O, KH, KW, ceil(C/64)]`` (int64), bit 1 <-> ``w >= 0`` (+1).
+
+    Pack once at load time (e.g. ``pack_weights(layer.binary_weight())`` for a BinaryConv2d, so method-specific
+    weight shifts such as SD-BNN's WSD are included). The padding correction needs no per-channel data: it is
+    derived from the packed words inside the kernel.
+    """
+    _check_conv_weight(weight)
+    ext, _ = _select()
+    weight = weight.detach()
+    if ext is not None and weight.device.type == "cpu":
+        return ext.pack_weights(weight)
+    return _pack_last_dim((weight >= 0).permute(0, 2, 3, 1))
+
+
+def unpack_weights(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_weights`: ``[O, KH, KW, CW]`` words -> ±1 float32 of ``shape = (O, C, KH, KW)``."""
+    o, c, kh, kw = (int(s) for s in shape)
+    expected = (o, kh, kw, (c + 63) // 64)
+    if packed.dtype != torch.int64 or tuple(packed.shape) != expected:
+        raise ValueError(f"packed weights for {tuple(shape)} must be int64 {expected}, got {tuple(packed.shape)}")
+    return _unpack_last_dim(packed, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _threshold_tensor(x: torch.Tensor, threshold) -> torch.Tensor | None:
+    if threshold is None:
+        return None
+    n, c = x.shape[0], x.shape[1]
+    if not isinstance(threshold, torch.Tensor):
+        return torch.full((c,), float(threshold), dtype=x.dtype, device=x.device)
+    t = threshold.detach()
+    if not ((t.dim() == 1 and t.shape[0] == c) or (t.dim() == 2 and tuple(t.shape) == (n, c))):
+        raise ValueError(f"threshold must have shape [C] = [{c}] or [N, C] = [{n}, {c}], got {tuple(t.shape)}")
+    return t
+
+
+def _check_activation(x: torch.Tensor) -> None:
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"expected a real 4-D (N, C, H, W) input, got {tuple(x.shape)} {x.dtype}")
+    if x.shape[1] < 1:
+        raise ValueError("the input needs at least one channel")
+
+
+def _torch_bits(x: torch.Tensor, tau: torch.Tensor | None) -> torch.Tensor:
+    """bool (N, C, H, W): x >= tau, compared in x's dtype."""
+    if tau is None:
+        return x >= 0
+    tau = tau.to(device=x.device, dtype=x.dtype)
+    return x >= (tau[:, None, None] if tau.dim() == 1 else tau[:, :, None, None])
+
+
+def pack_activations(x: torch.Tensor, threshold: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Fused sign-and-pack: real ``(N, C, H, W)`` -> NHWC words ``[N, H, W, ceil(C/64)]`` (int64).
+
+    bit = ``x[n, c, h, w] >= threshold`` where threshold is None (0: the zoo's sign tie rule, -0.0 -> +1), a float,
+    a ``[C]`` tensor or an ``[N, C]`` tensor (per-sample thresholds, e.g. ``-SE(x)`` for SD-BNN's ASD shift).
+    Any strides are accepted (channels_last, slices, expanded tensors).
+    """
+    _check_activation(x)
+    tau = _threshold_tensor(x, threshold)
+    ext, code = _select()
+    if ext is not None and x.device.type == "cpu":
+        return ext.pack_activations(x.detach(), tau, code)
+    return _pack_last_dim(_torch_bits(x.detach(), tau).permute(0, 2, 3, 1))
+
+
+def unpack_activations(packed: torch.Tensor, channels: int) -> torch.Tensor:
+    """Inverse of :func:`pack_activations`: ``[N, H, W, CW]`` words -> ±1 float32 ``(N, channels, H, W)``."""
+    if packed.dtype != torch.int64 or packed.dim() != 4 or packed.shape[-1] != (channels + 63) // 64:
+        raise ValueError(f"packed activations for {channels} channels must be int64 [N, H, W, {(channels + 63) // 64}]")
+    return _unpack_last_dim(packed, channels).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Convolution.
+# ---------------------------------------------------------------------------------------------------------------
+
+_block_lock = threading.Lock()
+_block_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _blocked_weights(ext, packed: torch.Tensor) -> torch.Tensor:
+    """The kernel's blocked weight layout for ``packed``, cached per tensor object (invalidated by in-place edits).
+
+    Inference tensors (created under ``torch.inference_mode``) carry no version counter, so they are re-blocked at
+    every call (a copy of the packed words); pack weights outside inference mode to get the cache.
+    """
+    if packed.is_inference():
+        return ext.block_weights(packed)
+    key = id(packed)
+    with _block_lock:
+        hit = _block_cache.get(key)
+        if hit is not None and hit[0]() is packed and hit[1] == packed._version:
+            return hit[2]
+    blocked = ext.block_weights(packed)
+
+    def _drop(ref, key=key):
+        with _block_lock:
+            entry = _block_cache.get(key)
+            if entry is not None and entry[0] is ref:
+                del _block_cache[key]
+
+    with _block_lock:
+        _block_cache[key] = (weakref.ref(packed, _drop), packed._version, blocked)
+    return blocked
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if type(v) is int:
+        return v, v
+    if isinstance(v, str):
+        raise NotImplementedError(f"{name}='{v}' is not supported by the binary kernel; pass integers")
+    if isinstance(v, numbers.Integral):
+        return int(v), int(v)
+    t = tuple(v)
+    if len(t) != 2 or not all(isinstance(i, numbers.Integral) for i in t):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return int(t[0]), int(t[1])
+
+
+def binary_conv2d(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    out_channels: int,
+    in_channels: int,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    threshold: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """``F.conv2d(sign(x - threshold), unpack_weights(packed_weight), stride=stride, padding=padding)``, zero padding.
+
+    ``x`` is a real ``(N, C, H, W)`` tensor (any strides) or packed activations ``[N, H, W, CW]`` from
+    :func:`pack_activations`; ``packed_weight`` comes from :func:`pack_weights`. Returns float32 (channels_last
+    memory format from the C++ kernel). Any kernel size, stride >= 1 and padding >= 0 (per dimension) are supported;
+    ``dilation != 1``, ``groups != 1`` and string paddings raise NotImplementedError. Inference only (no autograd).
+    """
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if _pair(dilation, "dilation") != (1, 1):
+        raise NotImplementedError(f"the binary kernel supports dilation=1 only, got {dilation}")
+    if groups != 1:
+        raise NotImplementedError(f"the binary kernel supports groups=1 only, got {groups}")
+    if min(kh, kw, sh, sw, out_channels, in_channels) < 1 or min(ph, pw) < 0:
+        raise ValueError(
+            f"need kernel_size, stride, channels >= 1 and padding >= 0, got kernel_size={kernel_size}, "
+            f"stride={stride}, padding={padding}, out_channels={out_channels}, in_channels={in_channels}"
+        )
+    cw = (in_channels + 63) // 64
+    if packed_weight.dtype is not torch.int64 or packed_weight.shape != (out_channels, kh, kw, cw):
+        raise ValueError(
+            f"packed_weight must be int64 [{out_channels}, {kh}, {kw}, {cw}] from pack_weights, "
+            f"got {tuple(packed_weight.shape)} {packed_weight.dtype}"
+        )
+    packed_input = x.dtype is torch.int64
+    if packed_input:
+        if x.dim() != 4 or x.shape[-1] != cw:
+            raise ValueError(f"packed activations must be int64 [N, H, W, {cw}], got {tuple(x.shape)}")
+        if threshold is not None:
+            raise ValueError("a threshold cannot be applied to already packed activations")
+        h, w = x.shape[1], x.shape[2]
+    else:
+        _check_activation(x)
+        if x.shape[1] != in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels, in_channels={in_channels}")
+        h, w = x.shape[2], x.shape[3]
+    if h < 1 or w < 1:
+        raise ValueError(f"the input needs a spatial size >= 1, got {h}x{w}")
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(f"input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
+
+    tau = None if packed_input or threshold is None else _threshold_tensor(x, threshold)
+    ext, code = _select()
+    if ext is not None and x.is_cpu and packed_weight.is_cpu:
+        blocked = _blocked_weights(ext, packed_weight)
+        return ext.binary_conv2d(x.detach(), tau, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code)
+
+    # Pure-PyTorch fallback: the same ±1 operands through F.conv2d (exact: integer sums far below 2^24).
+    xb = unpack_activations(x, in_channels) if packed_input else _torch_bits(x.detach(), tau).to(torch.float32) * 2 - 1
+    wb = unpack_weights(packed_weight.to(xb.device), (out_channels, in_channels, kh, kw))
+    with torch.no_grad():
+        return F.conv2d(xb, wb, None, (sh, sw), (ph, pw))
