@@ -21,6 +21,7 @@ from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
+from zoo.inference import pack_binary_weights
 from zoo.measure import model_summary
 from zoo.registry import manifest_entry, models_dir, write_manifest
 
@@ -104,7 +105,7 @@ def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
     dest_root = dest_root or models_dir()
     config = write_checkpoint_folder(
         dest_root / recipe.id,
-        state_dict_for_saving(model),
+        pack_binary_weights(model, state_dict_for_saving(model)),
         build_config(model, recipe, result, metrics),
         render_card,
         extra_files={GOLDEN_FILE: golden},

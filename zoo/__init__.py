@@ -9,6 +9,7 @@ Importing ``zoo`` registers every architecture with timm::
 
 from zoo import models  # noqa: F401  (registers the architectures with timm)
 from zoo.api import from_pretrained, list_architectures, list_checkpoints
+from zoo.inference import to_inference
 
 __version__ = "0.1.0"
-__all__ = ["from_pretrained", "list_architectures", "list_checkpoints", "__version__"]
+__all__ = ["from_pretrained", "list_architectures", "list_checkpoints", "to_inference", "__version__"]

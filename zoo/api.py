@@ -13,11 +13,12 @@ from zoo.hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, resolve_source
 from zoo.registry import load_manifest, manifest_entry
 
 
-def list_architectures() -> list[str]:
-    """Every architecture the zoo registers with timm."""
-    from zoo.models import FAMILY_MODULES
+def list_architectures(binary_only: bool = False) -> list[str]:
+    """Every architecture the zoo registers with timm (only the 1-bit ones with ``binary_only``)."""
+    from zoo.models import BINARY_FAMILY_MODULES, FAMILY_MODULES
 
-    return sorted(timm.list_models(module=[m.__name__.rsplit(".", 1)[-1] for m in FAMILY_MODULES]))
+    modules = BINARY_FAMILY_MODULES if binary_only else FAMILY_MODULES
+    return sorted(timm.list_models(module=[m.__name__.rsplit(".", 1)[-1] for m in modules]))
 
 
 def list_checkpoints() -> list[str]:

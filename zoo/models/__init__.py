@@ -9,6 +9,7 @@ from zoo.models import (
 )
 from zoo.models.cifar_resnet import CifarResNet
 
-FAMILY_MODULES = (cifar_resnet, binary_cifar_resnet, binary_imagenet_resnet, binary_resnet18_cifar, binary_vgg_small)
+BINARY_FAMILY_MODULES = (binary_cifar_resnet, binary_imagenet_resnet, binary_resnet18_cifar, binary_vgg_small)
+FAMILY_MODULES = (cifar_resnet, *BINARY_FAMILY_MODULES)
 
-__all__ = ["CifarResNet", "FAMILY_MODULES"]
+__all__ = ["BINARY_FAMILY_MODULES", "CifarResNet", "FAMILY_MODULES"]

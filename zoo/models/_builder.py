@@ -17,6 +17,7 @@ from torch import nn
 
 from zoo.errors import ShapeMismatchError
 from zoo.hub import load_verified_state_dict
+from zoo.inference import unpack_binary_weights
 from zoo.registry import checkpoint_model_args, with_releases
 
 _REMOTE_SOURCES = ("hf-hub", "local-dir")
@@ -64,7 +65,7 @@ def build_zoo_model(
             pretrained_cfg=load_cfg,
             feature_cfg=feature_cfg,
             pretrained_strict=True,
-            pretrained_filter_fn=pretrained_filter_fn,
+            pretrained_filter_fn=pretrained_filter_fn or unpack_binary_weights,
             **kwargs,
         )
     except RuntimeError as err:
