@@ -127,3 +127,13 @@ def test_eval_on_the_full_test_split_reproduces_the_recorded_top1(checkpoint_id,
     entry = load_manifest()[checkpoint_id]
     assert result["num_samples"] == entry["metrics"]["num_samples"] == 10_000
     assert result["top1"] == pytest.approx(entry["metrics"]["top1"], abs=0.011)  # at most one image differs
+
+
+def test_bench_kernels_json_reports_side_by_side_rows(capsys):
+    main(["bench", "kernels", "--layers-only", "--batch", "1", "--repeats", "2", "--threads", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["device"] == "cpu" and result["threads"] == 1 and result["kernel_backend"]
+    assert {r["name"] for r in result["rows"]} >= {"resnet18 stage1 56x56x64", "resnet20 28x28x16"}
+    for row in result["rows"]:
+        assert row["ms"] > 0 and row["baseline_ms"] > 0 and row["speedup"] == round(row["baseline_ms"] / row["ms"], 2)
+    assert result["checkpoint_size"]["packed"]["resnet18_bireal"]["bytes"] > 0

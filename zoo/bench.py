@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import platform
+import statistics
 import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
 
@@ -32,4 +37,141 @@ def bench_data_pipeline(dataset: str = "fashion_mnist", batch_size: int = 128, b
         "seconds": round(elapsed, 3),
         "images_per_s": seen / elapsed,
         "threads": torch.get_num_threads(),
+    }
+
+
+KERNEL_LAYER_SHAPES = [  # (name, spatial size, channels) of 3x3, stride-1, pad-1 binary convs
+    ("resnet18 stage1 56x56x64", 56, 64),
+    ("resnet18 stage2 28x28x128", 28, 128),
+    ("resnet18 stage3 14x14x256", 14, 256),
+    ("resnet18 stage4 7x7x512", 7, 512),
+    ("resnet20 28x28x16", 28, 16),
+    ("resnet20 14x14x32", 14, 32),
+    ("resnet20 7x7x64", 7, 64),
+]
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vpopcntdq", "avx2", "popcnt")
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after a short warm-up."""
+    for _ in range(max(2, repeats // 10)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _cpu_description() -> tuple[str, list[str]]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown", []
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return name, [f for f in CPU_FLAGS if f in flags]
+
+
+def _row(group: str, name: str, batch: int, ms: float, baseline: str, baseline_ms: float) -> dict[str, Any]:
+    return {"group": group, "name": name, "batch": batch, "ms": round(ms, 4), "baseline": baseline,
+            "baseline_ms": round(baseline_ms, 4), "speedup": round(baseline_ms / ms, 2)}  # fmt: skip
+
+
+def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+    from zoo.kernels import binary_conv2d, pack_weights
+
+    rows = []
+    for name, hw, c in KERNEL_LAYER_SHAPES:
+        w = torch.randn(c, c, 3, 3)
+        packed = pack_weights(w)  # once, as at load time (outside inference mode, so its blocked copy is cached)
+        for batch in batches:
+            x = torch.randn(batch, c, hw, hw)
+            with torch.inference_mode():
+                fp32 = median_ms(lambda x=x, w=w: F.conv2d(x, w, None, 1, 1), repeats)
+                binary = median_ms(lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1), repeats)
+            rows.append(_row("conv3x3 (packing included)", name, batch, binary, "F.conv2d fp32", fp32))
+    return rows
+
+
+def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+    import timm
+    import torchvision
+
+    from zoo.inference import to_inference
+
+    bnn = timm.create_model("resnet18_sdbnn").eval()
+    fast, dense = to_inference(bnn), torchvision.models.resnet18().eval()
+    dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, 224, 224)
+        n = max(3, repeats // (4 * batch))
+        with torch.inference_mode():
+            t_fast = median_ms(lambda x=x: fast(x), n)
+            t_fake = median_ms(lambda x=x: bnn(x), n)
+            # the fp32 baseline in its faster layout on this machine
+            t_dense, layout = min(
+                (median_ms(lambda x=x: dense(x), n), "NCHW"), (median_ms(lambda x=x: dense_cl(x), n), "channels_last")
+            )
+        name = "resnet18_sdbnn packed"
+        rows.append(_row("end-to-end 224x224", name, batch, t_fast, f"torchvision resnet18 fp32 ({layout})", t_dense))
+        rows.append(_row("end-to-end 224x224", name, batch, t_fast, "same BNN, fake-quant", t_fake))
+    return rows
+
+
+SIZE_VARIANTS = ("resnet18_bireal", "resnet18_sdbnn", "resnet18_ir2net", "resnet18_ir2net_d")
+
+
+def _safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(state, f"{tmp}/model.safetensors")
+        return os.path.getsize(f"{tmp}/model.safetensors")
+
+
+def _checkpoint_sizes() -> dict[str, Any]:
+    """model.safetensors bytes of each packed ResNet-18 BNN and of torchvision's fp32 resnet18."""
+    import timm
+    import torchvision
+
+    from zoo.checkpoint import state_dict_for_saving
+    from zoo.inference import pack_binary_weights
+
+    dense = _safetensors_bytes(state_dict_for_saving(torchvision.models.resnet18()))
+    sizes = {}
+    for arch in SIZE_VARIANTS:
+        model = timm.create_model(arch)
+        packed = _safetensors_bytes(pack_binary_weights(model, state_dict_for_saving(model)))
+        sizes[arch] = {"bytes": packed, "times_smaller": round(dense / packed, 2)}
+    return {"torchvision resnet18 fp32 bytes": dense, "packed": sizes}
+
+
+def bench_kernels(
+    threads: int | None = None, batches: tuple[int, ...] = (1, 32), repeats: int = 30, end_to_end: bool = True
+) -> dict[str, Any]:
+    """Packed binary kernels vs fp32, measured side by side in this process."""
+    from zoo.kernels import kernel_backend
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cpu, flags = _cpu_description()
+    rows = _layer_rows(batches, repeats)
+    if end_to_end:
+        rows += _end_to_end_rows(batches, repeats)
+    return {
+        "device": "cpu",
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "kernel_backend": kernel_backend(),
+        "rows": rows,
+        "checkpoint_size": _checkpoint_sizes(),
     }

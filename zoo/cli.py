@@ -110,6 +110,27 @@ def cmd_bench_data(args: argparse.Namespace) -> None:
           f"(batch {result['batch_size']}, {result['threads']} threads)")  # fmt: skip
 
 
+def cmd_bench_kernels(args: argparse.Namespace) -> None:
+    from zoo.bench import bench_kernels
+
+    result = bench_kernels(args.threads, tuple(args.batch), args.repeats, end_to_end=not args.layers_only)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, "
+          f"kernel {result['kernel_backend']}, torch {result['torch']}")  # fmt: skip
+    rows = [
+        {"what": r["name"], "batch": r["batch"], "ms": f"{r['ms']:.3f}", "baseline": r["baseline"],
+         "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x"}
+        for r in result["rows"]
+    ]  # fmt: skip
+    print(_table(rows, list(rows[0])))
+    sizes = result["checkpoint_size"]
+    print(f"checkpoint size vs torchvision resnet18 fp32 ({sizes['torchvision resnet18 fp32 bytes'] / 1e6:.2f} MB): "
+          + ", ".join(f"{k} packed {v['bytes'] / 1e6:.2f} MB ({v['times_smaller']:.1f}x smaller)"
+                      for k, v in sizes["packed"].items()))  # fmt: skip
+
+
 def cmd_push(args: argparse.Namespace) -> None:
     from zoo.publish import push_checkpoint
 
@@ -166,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batches", type=int, default=200)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_data)
+    k = bench.add_parser("kernels", help="packed binary conv vs fp32 conv2d, end to end, and checkpoint size")
+    k.add_argument("--threads", type=int, help="default: torch's default")
+    k.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    k.add_argument("--repeats", type=int, default=30)
+    k.add_argument("--layers-only", action="store_true", help="skip the end-to-end ResNet-18 rows")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_bench_kernels)
 
     p = sub.add_parser("push", help="publish models/<id> to a Hugging Face Hub repo")
     p.add_argument("id")

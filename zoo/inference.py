@@ -60,13 +60,17 @@ class PackedBinaryConv2d(nn.Module):
 
 
 def to_inference(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode whose binary convolutions run on packed weights."""
+    """A copy of ``model`` in eval mode whose binary convolutions run on packed weights.
+
+    The copy is channels_last, the layout the kernels produce (and in which CPU pooling, BN and activations
+    are fastest); inputs may come in either layout.
+    """
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, BinaryConv2d):
                 setattr(module, child_name, PackedBinaryConv2d(child))
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def binary_layer_names(model: nn.Module) -> list[str]:
