@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-import zoo  # noqa: F401  (registers the architectures)
+import zoo
 from training.recipe import Recipe
 from training.trainer import create_recipe_model
+from zoo.bench import bench_models, speed_candidates
 from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
@@ -43,7 +44,9 @@ def parent_metrics(parent_id: str | None) -> dict[str, Any]:
     return {"dense_parent_top1": entry["metrics"]["top1"]}
 
 
-def build_config(model: torch.nn.Module, recipe: Recipe, result: dict[str, Any], metrics: dict[str, Any]) -> dict:
+def build_config(
+    model: torch.nn.Module, recipe: Recipe, result: dict[str, Any], metrics: dict[str, Any], speed: dict[str, Any]
+) -> dict:
     """config.json: timm's fields at the root (so timm's hf-hub loader reads it) and the zoo's under ``zoo``."""
     spec = dataset_spec(recipe.data.dataset)
     summary = model_summary(model, spec.input_size)
@@ -78,6 +81,7 @@ def build_config(model: torch.nn.Module, recipe: Recipe, result: dict[str, Any],
                 **metrics,
                 **parent_metrics(recipe.export.dense_parent),
             },
+            "speed": speed,
             "training": {
                 "recipe": recipe_path,
                 "command": f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}",
@@ -102,11 +106,15 @@ def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
     logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)
     metrics = accuracy(logits, test_y)
     golden = {"images": test_x[:GOLDEN_IMAGES].contiguous(), "logits": logits[:GOLDEN_IMAGES].contiguous()}
+    parent = recipe.export.dense_parent
+    speed = bench_models(
+        speed_candidates(recipe.id, model, zoo.from_pretrained(parent) if parent else None), spec.input_size
+    )
     dest_root = dest_root or models_dir()
     config = write_checkpoint_folder(
         dest_root / recipe.id,
         pack_binary_weights(model, state_dict_for_saving(model)),
-        build_config(model, recipe, result, metrics),
+        build_config(model, recipe, result, metrics, speed),
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )

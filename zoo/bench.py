@@ -175,3 +175,66 @@ def bench_kernels(
         "rows": rows,
         "checkpoint_size": _checkpoint_sizes(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def latency_row(model: torch.nn.Module, input_size: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+    x = torch.randn(batch, *input_size)
+    with torch.inference_mode():
+        ms = median_ms(lambda: model(x), repeats)
+    return {"batch": batch, "ms": round(ms, 3), "images_per_s": round(1e3 * batch / ms, 1)}
+
+
+def bench_models(
+    models: dict[str, torch.nn.Module],
+    input_size: tuple[int, ...],
+    batches: tuple[int, ...] = (1, 64),
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """Latency and throughput of several models on one input size, measured side by side in this process."""
+    results = {name: [latency_row(m, input_size, b, max(3, repeats // max(1, b // 16))) for b in batches]
+               for name, m in models.items()}  # fmt: skip
+    cpu, flags = _cpu_description()
+    return {"device": "cpu", "cpu": cpu, "cpu_flags": flags, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "results": results, "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+
+
+def speed_candidates(
+    checkpoint_id: str, model: torch.nn.Module, parent: torch.nn.Module | None
+) -> dict[str, torch.nn.Module]:
+    """What a checkpoint's speed is shown against: its packed form and fake-quant form (BNNs), its dense parent."""
+    from zoo.inference import to_inference
+
+    model = model.eval()
+    binary = any(getattr(m, "binary", False) for m in model.modules())
+    if binary:
+        candidates = {f"{checkpoint_id} (packed 1-bit kernels)": to_inference(model),
+                      f"{checkpoint_id} (fake-quant fp32)": model}  # fmt: skip
+    else:
+        candidates = {f"{checkpoint_id} (fp32)": model}
+    if parent is not None:
+        candidates["dense parent (fp32)"] = parent.eval()
+    return candidates
+
+
+def bench_checkpoint(
+    checkpoint_id: str, batches: tuple[int, ...] = (1, 64), repeats: int = 20, threads: int | None = None
+) -> dict[str, Any]:
+    """A released checkpoint (packed for BNNs) against its dense parent, measured in the same process."""
+    from zoo.api import from_pretrained
+    from zoo.registry import manifest_entry
+
+    if threads:
+        torch.set_num_threads(threads)
+    entry = manifest_entry(checkpoint_id)
+    parent_id = entry["compression"].get("dense_parent")
+    parent = from_pretrained(parent_id) if parent_id else None
+    candidates = speed_candidates(checkpoint_id, from_pretrained(checkpoint_id), parent)
+    return {"id": checkpoint_id, **bench_models(candidates, tuple(entry["pretrained_cfg"]["input_size"]), batches,
+                                                repeats)}  # fmt: skip

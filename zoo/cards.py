@@ -78,6 +78,19 @@ def _parent_row(parent: str | None, metrics: dict[str, Any]) -> str:
             f"(this model is {gap:.2f} points {'below' if gap >= 0 else 'above'}) |\n")  # fmt: skip
 
 
+def _speed_section(speed: dict[str, Any] | None) -> str:
+    if not speed:
+        return "Not measured at export; run `zoo bench <id>`."
+    rows = ["| model | batch | latency (ms) | images/s |", "| --- | --- | --- | --- |"]
+    rows += [f"| {name} | {r['batch']} | {r['ms']:.3f} | {r['images_per_s']:,.0f} |"
+             for name, runs in speed["results"].items() for r in runs]  # fmt: skip
+    return (
+        f"Measured at export on {speed['cpu']} ({', '.join(speed['cpu_flags']) or 'no SIMD flags read'}), "
+        f"{speed['threads']} threads, torch {speed['torch']}, all rows in the same process (medians; the machine "
+        "may have been running other jobs, so rerun `zoo bench <id>` for your own numbers):\n\n" + "\n".join(rows)
+    )
+
+
 def render_card(config: dict[str, Any]) -> str:
     """The README.md of a checkpoint folder."""
     from zoo.registry import HF_ORG
@@ -117,6 +130,7 @@ def render_card(config: dict[str, Any]) -> str:
         "schedule": training["schedule"],
         "num_processes": training["num_processes"],
         "history": _history_table(training["history"]),
+        "speed": _speed_section(meta.get("speed")),
     }
     template = string.Template((CARDS_DIR / "template.md").read_text())
     return template.substitute(values)

@@ -101,10 +101,33 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     print(_table(rows, ["id", "method", "top1", "top5", "params", "flops", "bops", "size_bytes", "recorded_top1"]))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.target == "data":
+        cmd_bench_data(args)
+    elif args.target == "kernels":
+        cmd_bench_kernels(args)
+    else:
+        cmd_bench_checkpoint(args)
+
+
+def cmd_bench_checkpoint(args: argparse.Namespace) -> None:
+    from zoo.bench import bench_checkpoint
+
+    result = bench_checkpoint(args.target, tuple(args.batch or (1, 64)), args.repeats, args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}")
+    rows = [{"model": name, "batch": r["batch"], "ms": f"{r['ms']:.3f}", "images/s": f"{r['images_per_s']:,.0f}"}
+            for name, runs in result["results"].items() for r in runs]  # fmt: skip
+    print(_table(rows, list(rows[0])))
+    print(f"peak RSS of this process: {result['peak_rss_mb']:.0f} MB")
+
+
 def cmd_bench_data(args: argparse.Namespace) -> None:
     from zoo.bench import bench_data_pipeline
 
-    result = bench_data_pipeline(args.dataset, args.batch_size, args.batches)
+    result = bench_data_pipeline(args.dataset, (args.batch or [128])[0], args.batches)
     print(json.dumps(result) if args.json else
           f"{result['dataset']} training pipeline: {result['images_per_s']:,.0f} augmented images/s "
           f"(batch {result['batch_size']}, {result['threads']} threads)")  # fmt: skip
@@ -113,7 +136,7 @@ def cmd_bench_data(args: argparse.Namespace) -> None:
 def cmd_bench_kernels(args: argparse.Namespace) -> None:
     from zoo.bench import bench_kernels
 
-    result = bench_kernels(args.threads, tuple(args.batch), args.repeats, end_to_end=not args.layers_only)
+    result = bench_kernels(args.threads, tuple(args.batch or (1, 32)), args.repeats, end_to_end=not args.layers_only)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -179,21 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true", help="print only")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    bench = p.add_subparsers(dest="target", required=True)
-    b = bench.add_parser("data", help="throughput of the augmented training input pipeline")
-    b.add_argument("--dataset", default="fashion_mnist")
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--batches", type=int, default=200)
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_bench_data)
-    k = bench.add_parser("kernels", help="packed binary conv vs fp32 conv2d, end to end, and checkpoint size")
-    k.add_argument("--threads", type=int, help="default: torch's default")
-    k.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    k.add_argument("--repeats", type=int, default=30)
-    k.add_argument("--layers-only", action="store_true", help="skip the end-to-end ResNet-18 rows")
-    k.add_argument("--json", action="store_true")
-    k.set_defaults(func=cmd_bench_kernels)
+    p = sub.add_parser("bench", help="benchmarks: 'data', 'kernels' or a checkpoint id")
+    p.add_argument("target", help="data (input pipeline), kernels (binary conv kernels) or a checkpoint id")
+    p.add_argument("--threads", type=int, help="default: torch's default")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (kernels: 1 32; checkpoint: 1 64; data: 128)")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--batches", type=int, default=200, help="data: batches to time")
+    p.add_argument("--dataset", default="fashion_mnist", help="data: which dataset")
+    p.add_argument("--layers-only", action="store_true", help="kernels: skip the end-to-end ResNet-18 rows")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("push", help="publish models/<id> to a Hugging Face Hub repo")
     p.add_argument("id")
