@@ -24,7 +24,7 @@ from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.inference import pack_binary_weights
 from zoo.measure import model_summary
-from zoo.registry import manifest_entry, models_dir, write_manifest
+from zoo.registry import manifest_entry, models_dir, repo_root, write_manifest
 
 GOLDEN_FILE = "test/golden.safetensors"
 GOLDEN_IMAGES = 16
@@ -70,6 +70,7 @@ def build_config(
             "compression": {
                 "method": recipe.export.method,
                 "dense_parent": recipe.export.dense_parent,
+                "finetuned_from": recipe.export.finetuned_from,
                 "weight_bits": 1 if binary else 32,
                 "activation_bits": 1 if binary else 32,
                 **summary,
@@ -95,8 +96,13 @@ def build_config(
     }
 
 
-def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
-    """Write ``<dest_root>/<id>`` from a finished run and refresh the package manifest."""
+def export_run(
+    run_dir: Path, dest_root: Path | None = None, extra_metrics: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``<dest_root>/<id>`` from a finished run and refresh the package manifest.
+
+    ``extra_metrics`` (e.g. the from-scratch accuracy a fine-tuned model is compared with) go into config.json.
+    """
     result = json.loads((run_dir / "result.json").read_text())
     recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
     spec = dataset_spec(recipe.data.dataset)
@@ -104,7 +110,7 @@ def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
     model.load_state_dict(load_file(run_dir / "final.safetensors"), strict=True)
     test_x, test_y = to_tensors(load_dataset(spec.name, "test"), spec)
     logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)
-    metrics = accuracy(logits, test_y)
+    metrics = {**accuracy(logits, test_y), **(extra_metrics or {})}
     golden = {"images": test_x[:GOLDEN_IMAGES].contiguous(), "logits": logits[:GOLDEN_IMAGES].contiguous()}
     parent = recipe.export.dense_parent
     speed = bench_models(
@@ -118,7 +124,7 @@ def export_run(run_dir: Path, dest_root: Path | None = None) -> dict[str, Any]:
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )
-    if dest_root.resolve() == models_dir().resolve():
+    if dest_root.resolve() == (repo_root() / "models").resolve():  # only the repository's hub feeds the manifest
         write_manifest(dest_root)
     return config
 

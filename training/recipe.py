@@ -27,6 +27,8 @@ class ModelSection:
     architecture: str
     args: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # safetensors to start from, loaded non-strictly (two-step training, step 2)
+    pretrained: str | None = None  # a checkpoint to fine-tune (registry id, hf-hub: or local-dir:), new head
+    freeze_backbone: bool = False  # train the classifier only
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TrainSection:
 class ExportSection:
     method: str = "dense"  # names cards/methods/<method>.md
     dense_parent: str | None = None  # checkpoint id of the uncompressed model this one derives from
+    finetuned_from: str | None = None  # checkpoint id this one was fine-tuned from
 
 
 @dataclass

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-import zoo  # noqa: F401  (registers the architectures)
+import zoo
 from training.objectives import ObjectiveContext, get_objective
 from training.recipe import Recipe
 from zoo.data import BatchAugment, BatchIterator, DecodedImages, dataset_spec, load_dataset, to_tensors
@@ -105,7 +105,7 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optim
     if opt.decay not in rules:
         raise ValueError(f"unknown decay rule '{opt.decay}' (use one of {sorted(rules)})")
     decays = rules[opt.decay]
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if decays(n, p)]
     no_decay = [p for n, p in named if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -200,7 +200,15 @@ class Trainer:
 
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
-        model = create_recipe_model(r)
+        if r.model.pretrained:  # fine-tuning: the checkpoint's shape and weights, a new head for this dataset
+            model = zoo.from_pretrained(
+                r.model.pretrained, num_classes=self.spec.num_classes, in_chans=self.spec.input_size[0]
+            )
+        else:
+            model = create_recipe_model(r)
+        if r.model.freeze_backbone:
+            model.requires_grad_(False)
+            model.get_classifier().requires_grad_(True)
         if r.model.init_from:  # step 2 of two-step training starts from step 1, non-strictly as the papers do
             missing, unexpected = model.load_state_dict(read_safetensors(Path(r.model.init_from)), strict=False)
             self.accelerator.print(f"init_from {r.model.init_from}: missing {missing}, unexpected {unexpected}")

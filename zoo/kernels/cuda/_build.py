@@ -45,9 +45,11 @@ def _ensure_cuda_home() -> None:
     import torch.utils.cpp_extension as cpp_ext
 
     def is_toolkit(path: str | None) -> bool:
-        return bool(path) and (Path(path) / "include" / "cuda_runtime.h").is_file() and (
-            Path(path) / "bin" / "nvcc"
-        ).is_file()
+        return (
+            bool(path)
+            and (Path(path) / "include" / "cuda_runtime.h").is_file()
+            and (Path(path) / "bin" / "nvcc").is_file()
+        )
 
     if is_toolkit(cpp_ext.CUDA_HOME):
         return

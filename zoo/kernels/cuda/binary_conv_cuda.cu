@@ -363,8 +363,9 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_mma_kernel(const ConvParams
       const int64_t pix = m0 + r;
       if (pix >= M) continue;
       const int ih0 = s_ih0[r], iw0 = s_iw0[r];
-      const int kh0 = max(0, -ih0), kh1 = max(kh0, min(KH, H - ih0));
-      const int kw0 = max(0, -iw0), kw1 = max(kw0, min(KW, W - iw0));
+      // in-image taps: [kh0, kh1) x [kw0, kw1), clamped to the kernel (empty when padding exceeds the kernel)
+      const int kh0 = min(max(0, -ih0), KH), kh1 = max(kh0, min(KH, H - ih0));
+      const int kw0 = min(max(0, -iw0), KW), kw1 = max(kw0, min(KW, W - iw0));
       const int base = C * (kh1 - kh0) * (kw1 - kw0) - 2 * s_sa[r];
       const int i11 = kh1 * (KW + 1) + kw1, i01 = kh0 * (KW + 1) + kw1;
       const int i10 = kh1 * (KW + 1) + kw0, i00 = kh0 * (KW + 1) + kw0;
