@@ -97,8 +97,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from zoo.leaderboard import build_leaderboard
 
-    rows = build_leaderboard(cached=args.cached, limit=args.limit, write=not args.no_write)
-    print(_table(rows, ["id", "method", "top1", "top5", "params", "flops", "bops", "size_bytes", "recorded_top1"]))
+    rows = build_leaderboard(cached=args.cached, limit=args.limit, write=not args.no_write, out_dir=args.out_dir)
+    columns = ["id", "method", "top1", "top5", "params", "flops", "bops", "size_bytes", "latency_b1_ms"]
+    print(_table(rows, [*columns, "recorded_top1"]))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cached", action="store_true", help="reuse results cached by sha256")
     p.add_argument("--limit", type=int, help="evaluate the first N test images only (then nothing is written)")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--out-dir", type=Path, help="where the tables and plots go (default: cards/)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("bench", help="benchmarks: 'data', 'kernels' or a checkpoint id")

@@ -252,7 +252,10 @@ def _measured_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def reported_table(results: Sequence[Any] | None = None) -> list[str]:
-    """The papers' reported results (:mod:`zoo.reported`) as markdown table lines; every row says 'reported'."""
+    """The papers' reported results (:mod:`zoo.reported`) as markdown table lines; every row says 'reported'.
+
+    Numbers are printed as transcribed (no padding to more decimals than the source gives).
+    """
     from zoo.reported import REPORTED
 
     head = ["dataset", "model", "paper", "setting", "W/A bits", "top-1 (%)", "top-5 (%)", "top-1 drop (pts)",
@@ -263,10 +266,8 @@ def reported_table(results: Sequence[Any] | None = None) -> list[str]:
         bits = f"{r.weight_bits}/{r.activation_bits}" if r.weight_bits is not None else "-"
         arch = f"`{r.zoo_architecture}`" if r.zoo_architecture else "-"
         setting = "; ".join(s for s in (r.setting, r.note) if s) or "-"
-        cells = [r.dataset, r.model, r.method, setting, bits, _cell(r.top1, "{:.2f}"), _cell(r.top5, "{:.2f}"),
-                 _cell(r.top1_drop, "{:.2f}"), _cell(r.params_m, "{:.2f}"), _cell(r.flops_m, "{:.2f}"),
-                 _cell(r.params_reduction_pct, "{:.2f}"), _cell(r.flops_reduction_pct, "{:.2f}"), arch, r.source,
-                 r.status]  # fmt: skip
+        numbers = (r.top1, r.top5, r.top1_drop, r.params_m, r.flops_m, r.params_reduction_pct, r.flops_reduction_pct)
+        cells = [r.dataset, r.model, r.method, setting, bits, *(_cell(v) for v in numbers), arch, r.source, r.status]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -306,7 +307,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         "",
         REPORTED_HEADING,
         "",
-        "What the papers report, transcribed from their public material (`zoo/reported.py`). These numbers were",
+        "What the papers report, transcribed from their public material (`zoo/reported.py`: the IR²Net and SD-BNN",
+        "README tables, the table images in the ACP repo, the AIP and UCP abstracts). These numbers were",
         "**not** measured by the zoo and are not comparable with the table above: the papers train on CIFAR and",
         "ImageNet with their own schedules. `zoo architecture` names the zoo model that implements the configuration",
         "(for ACP's pruned rows, the unpruned family: the pruned widths are set per run by the search). FLOPs are",

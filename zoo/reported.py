@@ -1,10 +1,11 @@
 """Results REPORTED by the five papers, transcribed as data. Nothing here was measured by the zoo.
 
-Transcribed from the group's public material (collected in the team's research notes): the IR²Net and SD-BNN
-README tables, the result-table images committed in the ACP repo (``table/table1-4.png``) and the AIP and UCP
-abstracts (their full texts and tables were not retrievable). Each row names the zoo architecture that implements
-that configuration, where the zoo has one: the leaderboard shows these rows in a separate table, "Reported by the
-papers (not measured here)", and never beside or inside the measured one.
+Transcribed from the group's public material (collected in the team's research notes): the README tables of
+``pingxue-hfut/IR2Net`` and ``pingxue-hfut/SD-BNN``, the result-table images committed in
+``JingfeiChang/ACP-Automatic-Channel-Pruning`` (``table/table1-4.png``) and the AIP and UCP abstracts (their full
+texts and tables were not retrievable). Numbers keep the precision their source prints. Each row names the zoo
+architecture that implements that configuration, where the zoo has one: the leaderboard shows these rows in a
+separate table, "Reported by the papers (not measured here)", and never beside or inside the measured one.
 
 Conventions, as in the sources: accuracies in %; ``params_m`` / ``flops_m`` in millions (FLOPs = multiply-accumulates
 per image); ``*_reduction_pct`` = how much smaller than the paper's baseline, in %; ``top1_drop`` = baseline top-1
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 
-IR2NET_README = "IR²Net README (pingxue-hfut/IR2Net)"
-SDBNN_README = "SD-BNN README (pingxue-hfut/SD-BNN)"
-ACP_TABLES = "ACP repo table images (JingfeiChang/ACP-Automatic-Channel-Pruning, table/table1-4.png)"
+IR2NET_README = "IR²Net README"
+SDBNN_README = "SD-BNN README"
+ACP_TABLES = "ACP repo table images"
 AIP_ABSTRACT = "AIP abstract (arXiv 2108.13591)"
 UCP_ABSTRACT = "UCP abstract (arXiv 2010.01251)"
 
@@ -58,7 +59,7 @@ def _bnn(method: str, source: str, dataset: str, model: str, top1: float, top5: 
 def _acp(dataset: str, model: str, setting: str, top1: float, top5: float | None, params_m: float, flops_m: float,
          params_red: float | None, flops_red: float | None, arch: str | None) -> ReportedResult:  # fmt: skip
     baseline = setting == "baseline"
-    note = "" if baseline or arch is None else "pruned widths are per run (set by the search); not released"
+    note = "" if baseline or arch is None else "pruned widths are per run (set by the search)"
     return ReportedResult("ACP", dataset, model, ACP_TABLES, "" if baseline else setting, 32, 32, top1, top5,
                           params_m=params_m, flops_m=flops_m, params_reduction_pct=params_red,
                           flops_reduction_pct=flops_red, zoo_architecture=arch, note=note,
@@ -126,7 +127,7 @@ REPORTED: tuple[ReportedResult, ...] = (
                    params_reduction_pct=36.78, flops_reduction_pct=45.55,
                    note="abstract headline; baseline not stated"),
     ReportedResult("UCP", C100, "VGG-19", UCP_ABSTRACT, weight_bits=32, activation_bits=32, top1_drop=-0.54,
-                   params_reduction_pct=82.0, flops_reduction_pct=62.0,
+                   params_reduction_pct=82, flops_reduction_pct=62,
                    note="abstract headline (accuracy +0.54 after retraining); baseline not stated"),
 )
 # fmt: on

@@ -34,6 +34,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 namespace zoo_bconv {
@@ -192,7 +193,7 @@ constexpr size_t mma_smem_bytes() {
 
 // AVEC: 64-bit words per activation cp.async (1 or 2; 2 needs an even CW and a 16-byte aligned activation pointer).
 template <int BM, int BN, int WM, int WN, int AVEC>
-__global__ void __launch_bounds__(WM * WN * 32) conv_mma_kernel(const ConvParams p) {
+__global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // never built for these architectures; launch_conv_mma is only reached on sm_80+
 #else
@@ -355,6 +356,15 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_mma_kernel(const ConvParams
   // Epilogue: out = 4 P - 2 S_a - 2 S_w(valid rectangle) + C * valid_taps, exact in float32.
   const int TT = (KH + 1) * (KW + 1);
   const bool pair_store = (O % 2) == 0;
+  // S_w of the whole window per output column of this thread (interior pixels; the last prefix-sum entry).
+  int sw_full[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int oe = min(n0 + warp_n * WTN + nt * 8 + 2 * q + e, O - 1);  // clamped; stored only when < O
+      sw_full[nt][e] = __ldg(p.wtab + static_cast<int64_t>(oe) * TT + TT - 1);
+    }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -366,6 +376,7 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_mma_kernel(const ConvParams
       // in-image taps: [kh0, kh1) x [kw0, kw1), clamped to the kernel (empty when padding exceeds the kernel)
       const int kh0 = min(max(0, -ih0), KH), kh1 = max(kh0, min(KH, H - ih0));
       const int kw0 = min(max(0, -iw0), KW), kw1 = max(kw0, min(KW, W - iw0));
+      const bool interior = kh0 == 0 && kh1 == KH && kw0 == 0 && kw1 == KW;
       const int base = C * (kh1 - kh0) * (kw1 - kw0) - 2 * s_sa[r];
       const int i11 = kh1 * (KW + 1) + kw1, i01 = kh0 * (KW + 1) + kw1;
       const int i10 = kh1 * (KW + 1) + kw0, i00 = kh0 * (KW + 1) + kw0;
@@ -376,9 +387,12 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_mma_kernel(const ConvParams
         float v[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int oe = min(o + e, O - 1);  // clamped read; stored only when o + e < O
-          const int32_t* tab = p.wtab + static_cast<int64_t>(oe) * TT;
-          const int sw = __ldg(tab + i11) - __ldg(tab + i01) - __ldg(tab + i10) + __ldg(tab + i00);
+          int sw = sw_full[nt][e];
+          if (!interior) {  // border pixel: popcount of the in-image tap rectangle, 4 prefix-sum lookups
+            const int oe = min(o + e, O - 1);  // clamped read; stored only when o + e < O
+            const int32_t* tab = p.wtab + static_cast<int64_t>(oe) * TT;
+            sw = __ldg(tab + i11) - __ldg(tab + i01) - __ldg(tab + i10) + __ldg(tab + i00);
+          }
           v[e] = static_cast<float>(4 * acc[mt][nt][2 * hh + e] + base - 2 * sw);
         }
         if (pair_store && o + 1 < O) {
@@ -410,9 +424,17 @@ template <int BM, int BN, int WM, int WN, int AVEC>
 cudaError_t launch_tile(const ConvParams& p, cudaStream_t stream) {
   auto kernel = conv_mma_kernel<BM, BN, WM, WN, AVEC>;
   constexpr size_t smem = mma_smem_bytes<BM, BN, WM, WN>();
-  if constexpr (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if constexpr (smem > 48 * 1024) {  // opt in to more than 48 KiB of dynamic shared memory, once per device
+    static std::atomic<unsigned long long> configured{0};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
+    const unsigned long long bit = dev < 64 ? (1ull << dev) : 0ull;
+    if (bit == 0 || (configured.load(std::memory_order_relaxed) & bit) == 0) {
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+      configured.fetch_or(bit, std::memory_order_relaxed);
+    }
   }
   const int64_t M = p.N * p.OH * p.OW;
   const dim3 grid(static_cast<unsigned>(ceil_div(M, BM)), static_cast<unsigned>(ceil_div(p.O, BN)));
