@@ -214,6 +214,15 @@ def _torch_bits(x: torch.Tensor, tau: torch.Tensor | None) -> torch.Tensor:
     return x >= (tau[:, None, None] if tau.dim() == 1 else tau[:, :, None, None])
 
 
+def _cuda_kernels(device: torch.device):
+    """The CUDA kernels for ``device``, or None (disabled, forced to torch, or no SASS for this GPU)."""
+    if kernels_disabled() or _requested_isa() == "torch":
+        return None
+    from zoo.kernels import cuda as cuda_kernels  # lazy: nothing CUDA is touched on CPU-only machines
+
+    return cuda_kernels if cuda_kernels.cuda_kernel_available(device) else None
+
+
 def pack_activations(x: torch.Tensor, threshold: torch.Tensor | float | None = None) -> torch.Tensor:
     """Fused sign-and-pack: real ``(N, C, H, W)`` -> NHWC words ``[N, H, W, ceil(C/64)]`` (int64).
 
@@ -223,6 +232,8 @@ def pack_activations(x: torch.Tensor, threshold: torch.Tensor | float | None = N
     """
     _check_activation(x)
     tau = _threshold_tensor(x, threshold)
+    if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
+        return cuda_kernels.cuda_pack_activations(x, threshold)
     ext, code = _select()
     if ext is not None and x.device.type == "cpu":
         return ext.pack_activations(x.detach(), tau, code)
@@ -338,6 +349,10 @@ def binary_conv2d(
         raise ValueError(f"input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
 
     tau = None if packed_input or threshold is None else _threshold_tensor(x, threshold)
+    if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
+        return cuda_kernels.cuda_binary_conv2d(
+            x, packed_weight, out_channels, in_channels, (kh, kw), (sh, sw), (ph, pw), threshold=threshold
+        )
     ext, code = _select()
     if ext is not None and x.is_cpu and packed_weight.is_cpu:
         blocked = _blocked_weights(ext, packed_weight)
