@@ -13,6 +13,7 @@ from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import predict_logits
 from zoo.inference import PACKED_SUFFIX, PackedBinaryConv2d, pack_binary_weights, unpack_binary_weights
 from zoo.nn import BinaryConv2d
+from zoo.registry import load_manifest
 
 BINARY_ARCHS = zoo.list_architectures(binary_only=True)
 SMALL_ARCHS = [a for a in BINARY_ARCHS if not a.startswith("resnet18_")] + ["resnet18_cifar_sdbnn"]
@@ -65,12 +66,13 @@ def test_packed_weights_that_do_not_fit_are_refused() -> None:
         unpack_binary_weights(packed, other)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_id", BINARY_RELEASES)
-def test_released_bnn_inference_form_on_fashion_mnist(checkpoint_id: str) -> None:
+def test_released_bnn_inference_form_on_its_whole_test_split(checkpoint_id: str) -> None:
     model = zoo.from_pretrained(checkpoint_id)
     fast = zoo.to_inference(model)
-    spec = dataset_spec("fashion_mnist")
-    images, _ = to_tensors(load_dataset("fashion_mnist", "test"), spec, limit=1000)
+    spec = dataset_spec(load_manifest()[checkpoint_id]["metrics"]["dataset"])
+    images, _ = to_tensors(load_dataset(spec.name, "test"), spec)
     ref = predict_logits(model, images, spec.mean, spec.std)
     out = predict_logits(fast, images, spec.mean, spec.std)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
