@@ -103,7 +103,7 @@ def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, A
     from zoo.inference import to_inference
 
     bnn = timm.create_model("resnet18_sdbnn").eval()
-    fast, dense = to_inference(bnn), torchvision.models.resnet18().eval()
+    fast, dense = to_inference(bnn, channels_last=True), torchvision.models.resnet18().eval()
     dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
     rows = []
     for batch in batches:
@@ -214,7 +214,7 @@ def speed_candidates(
     model = model.eval()
     binary = any(getattr(m, "binary", False) for m in model.modules())
     if binary:
-        candidates = {f"{checkpoint_id} (packed 1-bit kernels)": to_inference(model),
+        candidates = {f"{checkpoint_id} (packed 1-bit kernels)": to_inference(model, channels_last=True),
                       f"{checkpoint_id} (fake-quant fp32)": model}  # fmt: skip
     else:
         candidates = {f"{checkpoint_id} (fp32)": model}

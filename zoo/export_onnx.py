@@ -5,11 +5,17 @@ torch.export-based one (the default since PyTorch 2.9) needs the ``onnxscript`` 
 depend on. The model is exported in eval mode with a dynamic batch dimension; the spatial size is fixed to
 ``input_size`` (IR²Net's recovery pools its taps to the final stage's size, a constant of the graph).
 
-Binary networks are exported in their float-equivalent (fake-quant) form: every sign becomes
-``Where(x >= 0, 1, -1)`` (the zoo's tie rule, sign(0) = +1) on float tensors, the binary weights are folded into
-±1 constants, and SD-BNN's self-distribution shifts (the per-channel WSD weight shift, the per-sample ASD
-squeeze-excitation shift of the activations) are ordinary ops of the graph. An ONNX runtime therefore runs the
-binary convolutions as float convolutions; there is no 1-bit operator in ONNX.
+Binary networks are exported in their float-equivalent (fake-quant) form, with standard ONNX ops only:
+- every activation sign becomes ``Where(x >= 0, 1, -1)`` on float tensors (the zoo's tie rule, sign(0) = +1); the
+  quantizers' ``torch.autograd.Function`` s (which only differ in their backward) are not traced;
+- every binary weight is folded to the constant it binarizes to, ±1 (SD-BNN's WSD shift applied before the sign,
+  as ``zoo.to_inference`` folds it; real-valued for ``binarize_weights=False``). The exporter then folds the
+  following BatchNorm into the conv, so a binary filter in the file reads ±(its channel's BN scale);
+- SD-BNN's ASD (the per-sample squeeze-excitation shift of the activations before their sign) stays in the graph
+  as ordinary ops (ReduceMean, MatMul, Relu, Sigmoid, Add); IR-Net's EDE only shapes gradients, so it has no
+  trace in an inference graph;
+- IR²Net's recovery pools the earlier stages to the final map's size with constant-size pooling.
+An ONNX runtime therefore runs the binary convolutions as float convolutions; there is no 1-bit operator in ONNX.
 
 The packed 1-bit kernels of :func:`zoo.to_inference` (``PackedBinaryConv2d``: bit-packed weights run by the zoo's
 popcount extension) are PyTorch-only and are not exported: pass the fake-quant model (the one
@@ -30,7 +36,7 @@ from torch import nn
 
 from zoo.inference import PackedBinaryConv2d
 from zoo.models._binary_base import BinaryClassifier
-from zoo.nn import SignQuantizer, hard_sign
+from zoo.nn import BinaryConv2d, SignQuantizer, hard_sign
 
 __all__ = ["export_onnx"]
 
@@ -52,7 +58,7 @@ class ExportSign(nn.Module):
         return x if self.estimator == "identity" else hard_sign(x)
 
 
-class _LogitsOnly(nn.Module):
+class _InputOnly(nn.Module):
     """Calls the model with the input alone: the TorchScript exporter would trace keyword defaults as inputs."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -64,12 +70,13 @@ class _LogitsOnly(nn.Module):
 
 
 def static_adaptive_avg_pool2d(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d(x, size)`` from the constant shapes of the trace, in ops ONNX takes.
+    """``F.adaptive_avg_pool2d(x, size)`` with the trace's shapes read as constants, in ops ONNX takes.
 
-    The TorchScript exporter converts adaptive pooling only where it can read the input's spatial size from the
-    graph, which it cannot after the option-A shortcuts' strided slices. The shapes are fixed here, so: a plain
-    average pool where the size divides evenly (every zoo model at its input sizes), otherwise adaptive pooling's
-    windows (rows floor(i·H/h) to ceil((i+1)·H/h)) as constant averaging matrices, M_h · x · M_wᵀ.
+    The TorchScript exporter converts adaptive pooling only for a constant output size (``zoo.nn.pool_and_concat``
+    passes the final map's traced size) and an input whose spatial size it can infer (lost after the option-A
+    shortcuts' strided slices). The graph's spatial size is fixed, so: a plain average pool where the sizes divide
+    evenly (every zoo model at its usual input sizes), otherwise adaptive pooling's windows (rows floor(i·H/h) to
+    ceil((i+1)·H/h)) as constant averaging matrices, M_h · x · M_wᵀ.
     """
     in_h, in_w = (int(s) for s in x.shape[-2:])
     out_h, out_w = (int(s) for s in size)
@@ -97,8 +104,17 @@ def _static_fuse(self, stages: list[torch.Tensor]) -> torch.Tensor:
     return self.recovery(torch.cat([*pooled, stages[-1]], dim=1))
 
 
+def _constant_binary_weight(self) -> torch.Tensor:
+    return self.binary_weight_const
+
+
 def export_form(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with its export-unfriendly parts replaced by plain-op equivalents.
+
+    - every binary convolution's weight becomes the constant it binarizes to (±1, SD-BNN's WSD shift applied
+      before the sign, as ``zoo.to_inference`` folds it), so the graph stores ±1 weights, not the latent ones;
+    - every :class:`SignQuantizer` becomes :class:`ExportSign` (its forward as plain ops);
+    - IR²Net's fusion pools with :func:`static_adaptive_avg_pool2d`.
 
     Raises ``TypeError`` for a model holding packed binary convolutions (``zoo.to_inference``): they are not
     exportable.
@@ -112,6 +128,10 @@ def export_form(model: nn.Module) -> nn.Module:
         )
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
+        if isinstance(module, BinaryConv2d):
+            with torch.no_grad():
+                module.register_buffer("binary_weight_const", module.binary_weight().detach().clone())
+            module.binary_weight = types.MethodType(_constant_binary_weight, module)
         for name, child in list(module.named_children()):
             if isinstance(child, SignQuantizer):
                 setattr(module, name, ExportSign(child.estimator))
@@ -151,17 +171,22 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    wrapped = _LogitsOnly(export_form(model)).eval()
-    example = torch.randn(2, *input_size)  # batch 2: a batch of 1 could be specialised by the tracer
+    wrapped = _InputOnly(export_form(model)).eval()
+    param = next(model.parameters())
+    # Batch 2: a batch of 1 could be specialised by the tracer. A private generator leaves the global RNG alone.
+    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     with torch.no_grad():
         output_names = _output_names(wrapped(example))
     dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *output_names)}
     with warnings.catch_warnings():
-        # The TorchScript exporter's deprecation notice, and its tracer's notes on the sizes read as constants.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*Constant folding - Only steps=1.*")
+        # Expected notes: the TorchScript exporter's deprecation, its constant folding skipping strided slices
+        # (option-A shortcuts), and the tracer reading the zoo's shape checks and pooled sizes as constants.
+        warnings.filterwarnings(
+            "ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1", category=UserWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"zoo\.")
         torch.onnx.export(
             wrapped,
             (example,),
