@@ -49,7 +49,7 @@ def test_unknown_model_name_suggests_close_names() -> None:
 
 def test_unknown_tag_lists_available_tags() -> None:
     arch = released_ids()[0].split(".")[0]
-    with pytest.raises(UnknownModelError, match=r"has tags \['fmnist'\]"):
+    with pytest.raises(UnknownModelError, match=r"has tags \[.*'fmnist'"):
         zoo.from_pretrained(f"{arch}.imagenet")
     with pytest.raises(RuntimeError, match="Invalid pretrained tag"):  # timm's own check, before the zoo's
         timm.create_model(f"{arch}.imagenet", pretrained=True)

@@ -77,8 +77,8 @@ def test_new_head_and_input_channels_adapt_pretrained_weights() -> None:
 
 @pytest.mark.parametrize("checkpoint_id", IDS)
 def test_torch_hub_load_from_local_clone(checkpoint_id: str) -> None:
-    arch = checkpoint_id.split(".")[0]
-    model = torch.hub.load(str(REPO_ROOT), arch, source="local", pretrained=True, trust_repo=True)
+    arch, tag = checkpoint_id.split(".")
+    model = torch.hub.load(str(REPO_ROOT), arch, source="local", pretrained=True, tag=tag, trust_repo=True)
     golden = _golden(checkpoint_id)
     torch.testing.assert_close(_logits(model, golden["images"]), golden["logits"])
     fresh = torch.hub.load(str(REPO_ROOT), arch, source="local", num_classes=3, trust_repo=True)

@@ -69,10 +69,20 @@ def finetune(
     raw = finetune_recipe(source, spec.name, new_id, epochs, lr, batch_size, freeze_backbone)
     recipe_path = recipes_dir / f"{new_id}.yaml"
     recipe_path.write_text(f"# Written by `zoo finetune {source} --dataset {spec.name}`.\n" + yaml.safe_dump(raw))
-    Trainer(Recipe.load(recipe_path), runs_dir / new_id).fit()
+    return train_finetune(recipe_path, runs_dir, models_dir, compare_scratch)
+
+
+def train_finetune(
+    recipe_path: Path, runs_dir: Path = Path("runs"), models_dir: Path | None = None, compare_scratch: bool = True
+) -> dict[str, Any]:
+    """Train a fine-tuning recipe and its from-scratch twin (same data, schedule, seed), then export."""
+    recipe = Recipe.load(recipe_path)
+    if not (runs_dir / recipe.id / "result.json").exists():
+        Trainer(recipe, runs_dir / recipe.id).fit()
     extra = {}
     if compare_scratch:
-        scratch = dict(raw, id=f"{new_id}.scratch", model=dict(raw["model"], pretrained=None, freeze_backbone=False))
-        result = Trainer(Recipe.from_dict(scratch), runs_dir / f"{new_id}.scratch").fit()
+        scratch = Recipe.load(recipe_path, overrides=[f"id={recipe.id}.scratch", "model.pretrained=null",
+                                                      "model.freeze_backbone=false"])  # fmt: skip
+        result = Trainer(scratch, runs_dir / scratch.id).fit()
         extra["scratch_top1"] = result["metrics"]["top1"]
-    return export_run(runs_dir / new_id, models_dir, extra_metrics=extra)
+    return export_run(runs_dir / recipe.id, models_dir, extra_metrics=extra)

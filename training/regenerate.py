@@ -1,7 +1,8 @@
 """Regenerate released checkpoints: ``python -m training.regenerate [id ...]`` trains and exports each recipe.
 
-Without ids it regenerates every recipe in ``training/recipes/`` that names a released checkpoint. Runs
-resume from ``runs/<id>/state`` if interrupted; a finished run (``runs/<id>/result.json``) is only exported.
+Without ids it regenerates every recipe in ``training/recipes/`` (one per released checkpoint), parents before
+the checkpoints that need them (dense parents sort first by name; fine-tunes need their source). Runs resume
+from ``runs/<id>/state`` if interrupted; a finished run (``runs/<id>/result.json``) is only exported.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from training.export import export_run
+from training.finetune import train_finetune
 from training.recipe import Recipe
 from training.trainer import Trainer
 
@@ -31,10 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"no recipe for {unknown}; known: {sorted(recipes)}")
     for checkpoint_id in args.ids or list(recipes):
-        run_dir = args.runs_dir / checkpoint_id
-        if not (run_dir / "result.json").exists():
-            Trainer(Recipe.load(recipes[checkpoint_id]), run_dir).fit()
-        export_run(run_dir)
+        recipe = Recipe.load(recipes[checkpoint_id])
+        if recipe.model.pretrained:  # a fine-tune: also its from-scratch twin, whose accuracy its card shows
+            train_finetune(recipes[checkpoint_id], args.runs_dir)
+        else:
+            run_dir = args.runs_dir / checkpoint_id
+            if not (run_dir / "result.json").exists():
+                Trainer(recipe, run_dir).fit()
+            export_run(run_dir)
         print(f"regenerated models/{checkpoint_id}")
 
 
