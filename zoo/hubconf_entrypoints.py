@@ -35,7 +35,7 @@ def _entrypoint(arch: str) -> Callable[..., nn.Module]:
 
     Args:
         pretrained: load a released checkpoint (sha256-checked, strict): the default one, or ``tag``'s.
-        tag: which released checkpoint of {arch}, e.g. "{tags[-1] if tags else "fmnist"}" for {arch}.{tags[-1] if tags else "fmnist"}.
+        tag: which released checkpoint of {arch} ("{example}" loads {arch}.{example}).
         **kwargs: constructor arguments passed to timm.create_model (num_classes, in_chans, ...).
     """
     return entrypoint
