@@ -23,6 +23,30 @@ from zoo.registry import checkpoint_model_args, with_releases
 _REMOTE_SOURCES = ("hf-hub", "local-dir")
 
 
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def cifar_cfg(pool_size: tuple[int, int], imagenet_stats: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """The pretrained cfg of a 32x32, 10-class CIFAR-family architecture.
+
+    ``imagenet_stats``: normalise with ImageNet's mean/std, as the BNN papers' CIFAR code does.
+    """
+    return {
+        "input_size": (3, 32, 32),
+        "pool_size": pool_size,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN if imagenet_stats else CIFAR_MEAN,
+        "std": IMAGENET_STD if imagenet_stats else CIFAR_STD,
+        "num_classes": 10,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
 def default_cfgs_with_releases(base_cfgs: dict[str, dict[str, Any]]) -> dict:
     """timm default cfgs for a family: untagged defaults plus one tag per released checkpoint."""
     return generate_default_cfgs(with_releases(base_cfgs))

@@ -25,7 +25,7 @@ from timm.models import register_model
 from torch import nn
 
 from zoo.models._binary_base import BinaryClassifier
-from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 from zoo.models.cifar_resnet import OptionAShortcut, blocks_per_stage
 from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d
 from zoo.nn.ir2net import hardtanh_act
@@ -115,23 +115,7 @@ class BinaryCifarResNet(BinaryClassifier):
         return outs
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),  # the papers' CIFAR code normalises with ImageNet statistics
-        "std": (0.229, 0.224, 0.225),
-        "num_classes": 10,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "license": "mit",
-        **kwargs,
-    }
-
-
-default_cfgs = default_cfgs_with_releases({f"resnet20_{m}": _cfg() for m in METHODS})
+default_cfgs = default_cfgs_with_releases({f"resnet20_{m}": cifar_cfg((8, 8), imagenet_stats=True) for m in METHODS})
 
 
 def _create(variant: str, method: str, pretrained: bool, **kwargs) -> BinaryCifarResNet:

@@ -30,7 +30,7 @@ from timm.models import register_model
 from torch import nn
 
 from zoo.models._binary_base import BinaryClassifier
-from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
 from zoo.nn import CIRec
 from zoo.nn.ir2net import hardtanh_act
@@ -114,23 +114,9 @@ class BinaryResNet18Cifar(BinaryClassifier):
         return outs
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "input_size": (3, 32, 32),
-        "pool_size": (4, 4),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),  # the papers' CIFAR code normalises with ImageNet statistics
-        "std": (0.229, 0.224, 0.225),
-        "num_classes": 10,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "license": "mit",
-        **kwargs,
-    }
-
-
-default_cfgs = default_cfgs_with_releases({f"resnet18_cifar_{m}": _cfg() for m in METHODS})
+default_cfgs = default_cfgs_with_releases(
+    {f"resnet18_cifar_{m}": cifar_cfg((4, 4), imagenet_stats=True) for m in METHODS}
+)
 
 
 def _create(variant: str, method: str, pretrained: bool, **kwargs) -> BinaryResNet18Cifar:

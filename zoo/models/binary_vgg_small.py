@@ -43,7 +43,7 @@ from timm.models import register_model
 from torch import nn
 
 from zoo.models._binary_base import BinaryClassifier
-from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
 from zoo.nn import CIRec
 from zoo.nn.ir2net import hardtanh_act
@@ -189,24 +189,12 @@ class BinaryVggSmall(BinaryClassifier):
         return x if pre_logits else self.fc(x)
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "input_size": (3, 32, 32),
-        "fixed_input_size": True,  # the flattening head fixes it; timm passes img_size from input_size
-        "pool_size": (4, 4),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),  # the papers' CIFAR code normalises with ImageNet statistics
-        "std": (0.229, 0.224, 0.225),
-        "num_classes": 10,
-        "first_conv": "conv0",
-        "classifier": "fc",
-        "license": "mit",
-        **kwargs,
+default_cfgs = default_cfgs_with_releases(
+    {
+        f"vgg_small_{m}": cifar_cfg((4, 4), imagenet_stats=True, fixed_input_size=True, first_conv="conv0")
+        for m in METHODS
     }
-
-
-default_cfgs = default_cfgs_with_releases({f"vgg_small_{m}": _cfg() for m in METHODS})
+)
 
 
 def _create(variant: str, method: str, pretrained: bool, **kwargs) -> BinaryVggSmall:

@@ -20,7 +20,7 @@ from timm.models import register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 
 __all__ = ["CifarResNet", "BasicBlock"]
 
@@ -208,23 +208,7 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616),
-        "num_classes": 10,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "license": "mit",
-        **kwargs,
-    }
-
-
-default_cfgs = default_cfgs_with_releases({f"resnet{d}": _cfg() for d in (20, 32, 44, 56, 110)})
+default_cfgs = default_cfgs_with_releases({f"resnet{d}": cifar_cfg((8, 8)) for d in (20, 32, 44, 56, 110)})
 
 
 def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> CifarResNet:
