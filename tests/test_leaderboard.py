@@ -209,3 +209,18 @@ def test_reported_rows_are_well_formed():
         if r.method == "ACP" and not r.baseline:
             base = next(b for b in REPORTED if b.baseline and (b.dataset, b.model) == (r.dataset, r.model))
             assert abs(100 * (1 - r.flops_m / base.flops_m) - r.flops_reduction_pct) < 0.1, r
+
+
+def test_committed_readme_block_and_csv_match_the_released_checkpoints():
+    from zoo.leaderboard import CSV_PATH, README_PATH, readme_block
+
+    rows = lb.read_csv(CSV_PATH)
+    manifest = load_manifest()
+    assert sorted(r["id"] for r in rows) == sorted(manifest), "run `zoo leaderboard` and commit cards/ and README.md"
+    for row in rows:
+        entry = manifest[row["id"]]
+        assert row["sha256"] == entry["sha256"] and int(row["size_bytes"]) == entry["file_size"]
+        assert {k: int(row[k]) for k in ("params", "flops", "bops", "ops")} == {
+            k: entry["compression"][k] for k in ("params", "flops", "bops", "ops")
+        }
+    assert readme_block(rows) in README_PATH.read_text()

@@ -106,19 +106,18 @@ def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, A
     fast, dense = to_inference(bnn, channels_last=True), torchvision.models.resnet18().eval()
     dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
     rows = []
+    name = "resnet18_sdbnn packed"
     for batch in batches:
         x = torch.randn(batch, 3, 224, 224)
         n = max(3, repeats // (4 * batch))
         with torch.inference_mode():
             t_fast = median_ms(lambda x=x: fast(x), n)
-            t_fake = median_ms(lambda x=x: bnn(x), n)
-            # the fp32 baseline in its faster layout on this machine
-            t_dense, layout = min(
-                (median_ms(lambda x=x: dense(x), n), "NCHW"), (median_ms(lambda x=x: dense_cl(x), n), "channels_last")
-            )
-        name = "resnet18_sdbnn packed"
-        rows.append(_row("end-to-end 224x224", name, batch, t_fast, f"torchvision resnet18 fp32 ({layout})", t_dense))
-        rows.append(_row("end-to-end 224x224", name, batch, t_fast, "same BNN, fake-quant", t_fake))
+            baselines = {
+                "torchvision resnet18 fp32 (NCHW)": median_ms(lambda x=x: dense(x), n),
+                "torchvision resnet18 fp32 (channels_last)": median_ms(lambda x=x: dense_cl(x), n),
+                "same BNN, fake-quant": median_ms(lambda x=x: bnn(x), n),
+            }
+        rows += [_row("end-to-end 224x224", name, batch, t_fast, label, ms) for label, ms in baselines.items()]
     return rows
 
 

@@ -323,6 +323,31 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------------- build
 
 
+README_PATH = CARDS_DIR.parent / "README.md"
+README_START, README_END = "<!-- leaderboard:start (written by `zoo leaderboard`) -->", "<!-- leaderboard:end -->"
+
+
+def readme_block(rows: Sequence[dict[str, Any]]) -> str:
+    """The README's leaderboard: a compact measured table and the top-1 vs OPs plot."""
+    head = ["id", "method", "top-1 (%)", "params", "FLOPs (M)", "BOPs (M)", "size (KB)", "W/A bits", "b1 latency (ms)"]
+    lines = [README_START, "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [f"`{r['id']}`", r["method"], _cell(r["top1"], "{:.2f}"), _cell(r["params"], "{:,.0f}"),
+                 _cell(r["flops"], "{:.2f}", 1e6), _cell(r["bops"], "{:.2f}", 1e6),
+                 _cell(r["size_bytes"], "{:.1f}", 1e3),
+                 f"{r['weight_bits']}/{r['activation_bits']}", _cell(r["latency_b1_ms"], "{:.3f}")]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", f"![top-1 vs OPs](cards/{OPS_PLOT})", "", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(rows: Sequence[dict[str, Any]], readme: Path = README_PATH) -> None:
+    """Replace the README's leaderboard block (between its markers) with the current rows."""
+    text = readme.read_text()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + readme_block(rows) + text[end:])
+
+
 def write_leaderboard(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write the CSV, the markdown and both plots into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
@@ -352,4 +377,6 @@ def build_leaderboard(
         rows.append(_from_cache(row) if ok else measure_checkpoint(checkpoint_id, limit))
     if write and limit is None:
         write_leaderboard(rows, out_dir)
+        if out_dir.resolve() == CARDS_DIR.resolve():
+            update_readme(rows)
     return rows
