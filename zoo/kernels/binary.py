@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import numbers
 import os
-import threading
-import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from zoo.kernels._build import kernels_disabled, load_error, load_extension
+from zoo.kernels._weight_cache import DerivedWeightCache
 
 __all__ = [
     "available_isas",
@@ -251,8 +250,7 @@ def unpack_activations(packed: torch.Tensor, channels: int) -> torch.Tensor:
 # Convolution.
 # ---------------------------------------------------------------------------------------------------------------
 
-_block_lock = threading.Lock()
-_block_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+_blocked = DerivedWeightCache()
 
 
 def _blocked_weights(ext, packed: torch.Tensor) -> torch.Tensor:
@@ -261,24 +259,7 @@ def _blocked_weights(ext, packed: torch.Tensor) -> torch.Tensor:
     Inference tensors (created under ``torch.inference_mode``) carry no version counter, so they are re-blocked at
     every call (a copy of the packed words); pack weights outside inference mode to get the cache.
     """
-    if packed.is_inference():
-        return ext.block_weights(packed)
-    key = id(packed)
-    with _block_lock:
-        hit = _block_cache.get(key)
-        if hit is not None and hit[0]() is packed and hit[1] == packed._version:
-            return hit[2]
-    blocked = ext.block_weights(packed)
-
-    def _drop(ref, key=key):
-        with _block_lock:
-            entry = _block_cache.get(key)
-            if entry is not None and entry[0] is ref:
-                del _block_cache[key]
-
-    with _block_lock:
-        _block_cache[key] = (weakref.ref(packed, _drop), packed._version, blocked)
-    return blocked
+    return _blocked.get(packed, None, lambda: ext.block_weights(packed))
 
 
 def _pair(v, name: str) -> tuple[int, int]:

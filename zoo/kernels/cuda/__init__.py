@@ -17,11 +17,10 @@ or 9.0).
 
 from __future__ import annotations
 
-import threading
-import weakref
 
 import torch
 
+from zoo.kernels._weight_cache import DerivedWeightCache
 from zoo.kernels.binary import _check_activation, _pair, _threshold_tensor
 from zoo.kernels.cuda._build import load_error, load_extension
 
@@ -104,31 +103,15 @@ def prepare_weights(packed: torch.Tensor, in_channels: int) -> tuple[torch.Tenso
     return wq.contiguous(), wtab.reshape(o, -1).to(torch.int32).contiguous()
 
 
-_prep_lock = threading.Lock()
-_prep_cache: dict[tuple[int, str, int], tuple[weakref.ref, int, tuple[torch.Tensor, torch.Tensor]]] = {}
+_prepared_weights = DerivedWeightCache()
 
 
 def _prepared(packed: torch.Tensor, in_channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`prepare_weights` of ``packed`` on ``device``, cached per tensor object (invalidated by in-place edits;
     inference tensors carry no version counter and are prepared at every call)."""
-    if packed.is_inference():
-        return prepare_weights(packed.to(device), in_channels)
-    key = (id(packed), str(device), in_channels)
-    with _prep_lock:
-        hit = _prep_cache.get(key)
-        if hit is not None and hit[0]() is packed and hit[1] == packed._version:
-            return hit[2]
-    prepared = prepare_weights(packed.detach().to(device), in_channels)
-
-    def _drop(ref, key=key):
-        with _prep_lock:
-            entry = _prep_cache.get(key)
-            if entry is not None and entry[0] is ref:
-                del _prep_cache[key]
-
-    with _prep_lock:
-        _prep_cache[key] = (weakref.ref(packed, _drop), packed._version, prepared)
-    return prepared
+    return _prepared_weights.get(
+        packed, (str(device), in_channels), lambda: prepare_weights(packed.detach().to(device), in_channels)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
