@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 
 from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
+from zoo.models._feature_taps import FeatureTapsMixin
 
 __all__ = ["CifarResNet", "BasicBlock"]
 
@@ -71,7 +71,7 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(FeatureTapsMixin, nn.Module):
     """He et al.'s CIFAR ResNet with per-stage and per-block widths as constructor arguments."""
 
     def __init__(
@@ -136,67 +136,6 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """timm's intermediate features: the ``feature_info`` taps (stem output, then each stage's output).
-
-        Args:
-            x: Input images.
-            indices: Last n taps if int, all if None, the listed taps (negative from the end) if a sequence.
-            norm: Accepted for timm's API; there is no final norm in the features, so it changes nothing.
-            stop_early: Stop after the last requested tap (the returned final map is then that tap).
-            output_fmt: 'NCHW' only.
-            intermediates_only: Return the taps alone.
-
-        Returns:
-            The taps, or (``forward_features`` output, taps).
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
-        x = self.act1(self.bn1(self.conv1(x)))
-        if 0 in take_indices:
-            intermediates.append(x)
-        stages = (self.layer1, self.layer2, self.layer3)
-        if stop_early or intermediates_only:
-            stages = stages[:max_index]
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """Drop the stages after the last tap in ``indices`` (and the head); returns the absolute indices kept.
-
-        Ending before the last stage makes the features end at the last kept tap: ``num_features`` follows it and
-        the head goes, as in timm's ResNet.
-        """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        for name in ("layer1", "layer2", "layer3")[max_index:]:
-            setattr(self, name, nn.Sequential())  # empty: passes its input through
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
