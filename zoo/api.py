@@ -6,11 +6,18 @@ import difflib
 from typing import Any
 
 import timm
+import torch
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from zoo.errors import ConfigError, UnknownModelError
 from zoo.hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, resolve_source
 from zoo.registry import load_manifest, manifest_entry
+
+#: The largest width, depth, class count or size a config.json may ask for (far above any zoo model's).
+MAX_SIZE = 65_536
+#: The most parameters a config.json may describe (the zoo's largest models have ~25M).
+MAX_PARAMS = 200_000_000
 
 
 def list_architectures(binary_only: bool = False) -> list[str]:
@@ -45,6 +52,52 @@ def check_config(config: dict[str, Any], where: str) -> None:
     for key in ("model_args", "pretrained_cfg"):
         if not isinstance(config.get(key, {}), dict):
             raise ConfigError(f"{where}: '{key}' must be a JSON object, got {type(config[key]).__name__}.")
+    # Sizes are checked before anything is built: a width of 10**9 would make torch try to allocate it.
+    sizes = {"num_classes": config.get("num_classes"),
+             "pretrained_cfg.num_classes": config.get("pretrained_cfg", {}).get("num_classes")}  # fmt: skip
+    for key, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE):
+            raise ConfigError(
+                f"{where}: '{key}' must be an integer from 0 to {MAX_SIZE}, got {value!r}. Fix config.json "
+                "(re-export the checkpoint with `python -m training.export`)."
+            )
+    for key, value in config.get("model_args", {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_SIZE:
+                raise ConfigError(
+                    f"{where}: 'model_args.{key}' holds {item!r}, above the zoo's bound of {MAX_SIZE} for any "
+                    "width, depth or size (building it would try to allocate huge tensors). Fix config.json's "
+                    "model_args to describe the saved weights (re-export with `python -m training.export`)."
+                )
+    _check_param_count(config, where)
+
+
+def _check_param_count(config: dict[str, Any], where: str) -> None:
+    """Count the parameters the config asks for on the meta device (no memory), and refuse absurd models."""
+    kwargs = dict(config.get("model_args", {}))
+    if config.get("num_classes") is not None:
+        kwargs.setdefault("num_classes", config["num_classes"])
+    sizes: list[int] = []  # every parameter registered, counted even when the build fails part-way
+
+    def count_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            sizes.append(param.numel())
+
+    hook = register_module_parameter_registration_hook(count_parameter)
+    try:
+        with torch.device("meta"):
+            timm.create_model(config["architecture"], pretrained=False, **kwargs)
+    except Exception:  # noqa: BLE001, S110 - the real build fails the same way, with its own message
+        pass
+    finally:
+        hook.remove()
+    count = sum(sizes)
+    if count > MAX_PARAMS:
+        raise ConfigError(
+            f"{where}: config.json describes a {config['architecture']} with at least {count:,} parameters (model_args "
+            f"{config.get('model_args')}, num_classes {config.get('num_classes')}), above the zoo's bound of "
+            f"{MAX_PARAMS:,}. Fix model_args/num_classes to describe the saved weights."
+        )
 
 
 def from_pretrained(source: str, **kwargs: Any) -> nn.Module:

@@ -143,12 +143,15 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, refusing pickles and reporting corrupt files clearly."""
     refuse_pickle(path)
     try:
-        return load_file(path, device="cpu")
+        state = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise IntegrityError(
             f"'{path}' is not a valid safetensors file ({err}). It is truncated or corrupt: download or "
             "export it again."
         ) from err
+    if not state:  # timm would take an empty state dict for "no weights" and fail with a bare FileNotFoundError
+        raise IntegrityError(f"'{path}' holds no tensors: it is not a checkpoint. Download or export it again.")
+    return state
 
 
 def recorded_sha256(config: dict[str, Any], where: str) -> str:
@@ -172,7 +175,31 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _resolve_folder(folder: Path, origin: str, expected_sha256: str | None = None) -> ResolvedCheckpoint:
+def refuse_links_leaving(folder: Path) -> None:
+    """Refuse checkpoint files that are symlinks (or inside linked folders) resolving outside ``folder``.
+
+    A local checkpoint folder is verified against its own config.json, so a link to some other file on the
+    machine would be read (and, with a matching record, accepted) as if it belonged to the checkpoint.
+    """
+    root = folder.resolve()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        path = folder / name
+        if not (path.is_symlink() or path.exists()):
+            continue
+        target = path.resolve()
+        if target != root and root not in target.parents:
+            raise InvalidSourceError(
+                f"Refusing '{path}': it is a symlink that leads outside the checkpoint folder (to '{target}'). "
+                f"Copy the real file into {folder} (e.g. `cp --remove-destination '{target}' '{path}'`)."
+            )
+
+
+def _resolve_folder(
+    folder: Path, origin: str, expected_sha256: str | None = None, confine: bool = True
+) -> ResolvedCheckpoint:
+    """``confine``: refuse files linking outside ``folder`` (off for HF cache snapshots, which link to blobs)."""
+    if confine:
+        refuse_links_leaving(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickles = [p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES]
@@ -209,7 +236,9 @@ def resolve_from_hub(
     tried = list(tried or [])
     at = f"{repo_id}@{revision or 'main'}"
     try:
-        return _resolve_folder(_hub_download(repo_id, revision, local_only=True), f"HF cache ({at})", expected_sha256)
+        return _resolve_folder(
+            _hub_download(repo_id, revision, local_only=True), f"HF cache ({at})", expected_sha256, confine=False
+        )
     except hf_errors.LocalEntryNotFoundError:
         tried.append(f"HF cache ({hf_constants.HF_HUB_CACHE}): no copy of {at}")
     if hf_constants.HF_HUB_OFFLINE:
@@ -232,7 +261,7 @@ def resolve_from_hub(
         raise WeightsNotFoundError(
             f"Could not fetch {at}. Tried:\n- " + "\n- ".join(tried) + f"\n{_OFFLINE_HELP}"
         ) from err
-    return _resolve_folder(folder, f"HF Hub ({at})", expected_sha256)
+    return _resolve_folder(folder, f"HF Hub ({at})", expected_sha256, confine=False)
 
 
 def resolve_registry(checkpoint_id: str) -> ResolvedCheckpoint:
@@ -240,7 +269,8 @@ def resolve_registry(checkpoint_id: str) -> ResolvedCheckpoint:
     entry = manifest_entry(checkpoint_id)
     local = models_dir() / checkpoint_id
     if (local / CONFIG_NAME).is_file() and (local / WEIGHTS_NAME).is_file():
-        return _resolve_folder(local, f"local hub {local}", entry["sha256"])
+        # the registry pins the sha256, so a link (e.g. git-annex) cannot substitute other weights
+        return _resolve_folder(local, f"local hub {local}", entry["sha256"], confine=False)
     tried = [f"local hub {local}: not present"]
     return resolve_from_hub(entry["hf_hub_id"], entry.get("hf_hub_revision"), entry["sha256"], tried)
 
