@@ -17,7 +17,6 @@ or 9.0).
 
 from __future__ import annotations
 
-
 import torch
 
 from zoo.kernels._weight_cache import DerivedWeightCache
