@@ -139,3 +139,13 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     for row in result["rows"]:
         assert row["ms"] > 0 and row["speedup"] == pytest.approx(row["baseline_ms"] / row["ms"], rel=0.01)
     assert result["checkpoint_size"]["packed"]["resnet18_bireal"]["bytes"] > 0
+
+
+def test_bench_checkpoint_measures_the_packed_model_beside_its_dense_parent(capsys):
+    binary = next(i for i in zoo.list_checkpoints() if load_manifest()[i]["compression"]["weight_bits"] == 1)
+    main(["bench", binary, "--batch", "1", "--repeats", "3", "--threads", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    names = list(result["results"])
+    assert any("packed" in n for n in names) and any("fake-quant" in n for n in names)
+    assert any("dense parent" in n for n in names) and result["threads"] == 1 and result["peak_rss_mb"] > 0
+    assert all(r["ms"] > 0 and r["images_per_s"] > 0 for runs in result["results"].values() for r in runs)

@@ -52,14 +52,18 @@ KERNEL_LAYER_SHAPES = [  # (name, spatial size, channels) of 3x3, stride-1, pad-
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vpopcntdq", "avx2", "popcnt")
 
 
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after a short warm-up."""
+def median_ms(fn, repeats: int, sync=None) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after a short warm-up; ``sync`` waits for a device."""
     for _ in range(max(2, repeats // 10)):
         fn()
     times = []
     for _ in range(repeats):
+        if sync:
+            sync()
         start = time.perf_counter()
         fn()
+        if sync:
+            sync()
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -183,10 +187,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def latency_row(model: torch.nn.Module, input_size: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
-    x = torch.randn(batch, *input_size)
+def latency_row(
+    model: torch.nn.Module, input_size: tuple[int, ...], batch: int, repeats: int, device: str = "cpu"
+) -> dict[str, Any]:
+    x = torch.randn(batch, *input_size, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
     with torch.inference_mode():
-        ms = median_ms(lambda: model(x), repeats)
+        ms = median_ms(lambda: model(x), repeats, sync)
     return {"batch": batch, "ms": round(ms, 3), "images_per_s": round(1e3 * batch / ms, 1)}
 
 
@@ -196,12 +203,25 @@ def bench_models(
     batches: tuple[int, ...] = (1, 64),
     repeats: int = 20,
 ) -> dict[str, Any]:
-    """Latency and throughput of several models on one input size, measured side by side in this process."""
+    """Latency and throughput of several models on one input size, measured side by side in this process.
+
+    On a machine with CUDA, ``cuda`` holds the same rows measured on the GPU (copies of the models are moved).
+    """
     results = {name: [latency_row(m, input_size, b, max(3, repeats // max(1, b // 16))) for b in batches]
                for name, m in models.items()}  # fmt: skip
     cpu, flags = _cpu_description()
-    return {"device": "cpu", "cpu": cpu, "cpu_flags": flags, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "results": results, "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+    out = {"device": "cpu", "cpu": cpu, "cpu_flags": flags, "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "results": results, "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+    if torch.cuda.is_available():
+        on_gpu = {name: copy.deepcopy(m).to("cuda") for name, m in models.items()}
+        out["cuda"] = {
+            "device": torch.cuda.get_device_name(),
+            "results": {
+                name: [latency_row(m, input_size, b, repeats, "cuda") for b in batches] for name, m in on_gpu.items()
+            },  # fmt: skip
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        }
+    return out
 
 
 def speed_candidates(

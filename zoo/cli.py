@@ -124,6 +124,12 @@ def cmd_bench_checkpoint(args: argparse.Namespace) -> None:
             for name, runs in result["results"].items() for r in runs]  # fmt: skip
     print(_table(rows, list(rows[0])))
     print(f"peak RSS of this process: {result['peak_rss_mb']:.0f} MB")
+    if "cuda" in result:
+        gpu = result["cuda"]
+        rows = [{"model": name, "batch": r["batch"], "ms": f"{r['ms']:.3f}", "images/s": f"{r['images_per_s']:,.0f}"}
+                for name, runs in gpu["results"].items() for r in runs]  # fmt: skip
+        print(f"\n{gpu['device']} (peak allocated {gpu['peak_memory_mb']:.0f} MB)")
+        print(_table(rows, list(rows[0])))
 
 
 def cmd_bench_data(args: argparse.Namespace) -> None:
