@@ -275,6 +275,38 @@ def _pair(v, name: str) -> tuple[int, int]:
     return int(t[0]), int(t[1])
 
 
+def conv_geometry(
+    packed_weight: torch.Tensor,
+    out_channels: int,
+    in_channels: int,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+) -> tuple[int, int, int, int, int, int]:
+    """(kh, kw, sh, sw, ph, pw) of a binary conv call, after checking what every kernel backend supports."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if _pair(dilation, "dilation") != (1, 1):
+        raise NotImplementedError(f"the binary kernels support dilation=1 only, got {dilation}")
+    if groups != 1:
+        raise NotImplementedError(f"the binary kernels support groups=1 only, got {groups}")
+    if min(kh, kw, sh, sw, out_channels, in_channels) < 1 or min(ph, pw) < 0:
+        raise ValueError(
+            f"need kernel_size, stride, channels >= 1 and padding >= 0, got kernel_size={kernel_size}, "
+            f"stride={stride}, padding={padding}, out_channels={out_channels}, in_channels={in_channels}"
+        )
+    cw = (in_channels + 63) // 64
+    if packed_weight.dtype is not torch.int64 or packed_weight.shape != (out_channels, kh, kw, cw):
+        raise ValueError(
+            f"packed_weight must be int64 [{out_channels}, {kh}, {kw}, {cw}] from pack_weights, "
+            f"got {tuple(packed_weight.shape)} {packed_weight.dtype}"
+        )
+    return kh, kw, sh, sw, ph, pw
+
+
 def binary_conv2d(
     x: torch.Tensor,
     packed_weight: torch.Tensor,
@@ -294,24 +326,10 @@ def binary_conv2d(
     memory format from the C++ kernel). Any kernel size, stride >= 1 and padding >= 0 (per dimension) are supported;
     ``dilation != 1``, ``groups != 1`` and string paddings raise NotImplementedError. Inference only (no autograd).
     """
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if _pair(dilation, "dilation") != (1, 1):
-        raise NotImplementedError(f"the binary kernel supports dilation=1 only, got {dilation}")
-    if groups != 1:
-        raise NotImplementedError(f"the binary kernel supports groups=1 only, got {groups}")
-    if min(kh, kw, sh, sw, out_channels, in_channels) < 1 or min(ph, pw) < 0:
-        raise ValueError(
-            f"need kernel_size, stride, channels >= 1 and padding >= 0, got kernel_size={kernel_size}, "
-            f"stride={stride}, padding={padding}, out_channels={out_channels}, in_channels={in_channels}"
-        )
+    kh, kw, sh, sw, ph, pw = conv_geometry(
+        packed_weight, out_channels, in_channels, kernel_size, stride, padding, dilation, groups
+    )
     cw = (in_channels + 63) // 64
-    if packed_weight.dtype is not torch.int64 or packed_weight.shape != (out_channels, kh, kw, cw):
-        raise ValueError(
-            f"packed_weight must be int64 [{out_channels}, {kh}, {kw}, {cw}] from pack_weights, "
-            f"got {tuple(packed_weight.shape)} {packed_weight.dtype}"
-        )
     packed_input = x.dtype is torch.int64
     if packed_input:
         if x.dim() != 4 or x.shape[-1] != cw:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from zoo.kernels._weight_cache import DerivedWeightCache
-from zoo.kernels.binary import _check_activation, _pair, _threshold_tensor
+from zoo.kernels.binary import _check_activation, _threshold_tensor, conv_geometry
 from zoo.kernels.cuda._build import load_error, load_extension
 
 __all__ = [
@@ -152,28 +152,14 @@ def cuda_binary_conv2d(
     ``config``: tensor-core tile config (-1: heuristic; 0..3 for benchmarks). Any kernel size, stride >= 1 and
     padding >= 0; ``dilation != 1`` and ``groups != 1`` raise NotImplementedError. Inference only (no autograd).
     """
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if _pair(dilation, "dilation") != (1, 1):
-        raise NotImplementedError(f"the binary CUDA kernel supports dilation=1 only, got {dilation}")
-    if groups != 1:
-        raise NotImplementedError(f"the binary CUDA kernel supports groups=1 only, got {groups}")
+    kh, kw, sh, sw, ph, pw = conv_geometry(
+        packed_weight, out_channels, in_channels, kernel_size, stride, padding, dilation, groups
+    )
     if algo not in _ALGOS:
         raise ValueError(f"algo must be one of {', '.join(_ALGOS)}, got {algo!r}")
-    if min(kh, kw, sh, sw, out_channels, in_channels) < 1 or min(ph, pw) < 0:
-        raise ValueError(
-            f"need kernel_size, stride, channels >= 1 and padding >= 0, got kernel_size={kernel_size}, "
-            f"stride={stride}, padding={padding}, out_channels={out_channels}, in_channels={in_channels}"
-        )
     if not x.is_cuda:
         raise ValueError(f"cuda_binary_conv2d needs a CUDA input, got {x.device}")
     cw = (in_channels + 63) // 64
-    if packed_weight.dtype is not torch.int64 or tuple(packed_weight.shape) != (out_channels, kh, kw, cw):
-        raise ValueError(
-            f"packed_weight must be int64 [{out_channels}, {kh}, {kw}, {cw}] from pack_weights, "
-            f"got {tuple(packed_weight.shape)} {packed_weight.dtype}"
-        )
     ext = _ext()
     if x.dtype is torch.int64:
         if x.dim() != 4 or x.shape[-1] != cw:
