@@ -28,28 +28,30 @@ def hard_sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
-class _SignSTE(torch.autograd.Function):
+class _SignWithSurrogate(torch.autograd.Function):
+    """sign forward; backward multiplies by the subclass's ``surrogate_grad(x)`` (the estimator's derivative)."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return hard_sign(x)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def backward(cls, ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return grad * cls.surrogate_grad(x).to(grad.dtype)
 
 
-class _SignApprox(torch.autograd.Function):
+class _SignSTE(_SignWithSurrogate):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return hard_sign(x)
+    def surrogate_grad(x: torch.Tensor) -> torch.Tensor:
+        return x.abs() <= 1
 
+
+class _SignApprox(_SignWithSurrogate):
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+    def surrogate_grad(x: torch.Tensor) -> torch.Tensor:
+        return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
 
 
 class _SignEDE(torch.autograd.Function):
