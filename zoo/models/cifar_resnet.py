@@ -6,7 +6,9 @@ so a channel-pruned checkpoint is rebuilt from ``config.json`` -> ``model_args``
 
 - ``stage_widths``: the residual (block output) width of each stage;
 - ``inner_widths``: the output width of the first conv of every block (the width channel pruning of
-  ResNet-56/110 changes), one entry per block in network order.
+  ResNet-56/110 changes), one entry per block in network order;
+- ``mseb``: UCP's SE-augmented parent, with an MSEB after the first conv of every block (conv1 -> MSEB ->
+  BN -> ReLU), whose gates score the inner channels.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 from zoo.models._feature_taps import FeatureTapsMixin
+from zoo.nn.mseb import MSEB
 
 __all__ = ["CifarResNet", "BasicBlock"]
 
@@ -45,11 +48,12 @@ class OptionAShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU."""
+    """conv3x3 [-> MSEB] -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU."""
 
-    def __init__(self, in_chs: int, inner_chs: int, out_chs: int, stride: int = 1) -> None:
+    def __init__(self, in_chs: int, inner_chs: int, out_chs: int, stride: int = 1, mseb: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, inner_chs, 3, stride=stride, padding=1, bias=False)
+        self.se = MSEB(inner_chs) if mseb else nn.Identity()
         self.bn1 = nn.BatchNorm2d(inner_chs)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(inner_chs, out_chs, 3, padding=1, bias=False)
@@ -59,7 +63,7 @@ class BasicBlock(nn.Module):
         self.shortcut = OptionAShortcut(in_chs, out_chs, stride) if needs_projection else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.se(self.conv1(x))))
         out = self.bn2(self.conv2(out))
         return self.act2(out + self.shortcut(x))
 
@@ -83,6 +87,7 @@ class CifarResNet(FeatureTapsMixin, nn.Module):
         inner_widths: Sequence[int] | None = None,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        mseb: bool = False,
     ) -> None:
         super().__init__()
         n = blocks_per_stage(depth)
@@ -108,7 +113,7 @@ class CifarResNet(FeatureTapsMixin, nn.Module):
             stride = 1 if stage == 0 else 2
             blocks = []
             for i in range(n):
-                blocks.append(BasicBlock(in_chs, next(widths), out_chs, stride if i == 0 else 1))
+                blocks.append(BasicBlock(in_chs, next(widths), out_chs, stride if i == 0 else 1, mseb))
                 in_chs = out_chs
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage, module=f"layer{stage + 1}"))
