@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
+from training.prune import PLAN_FILE, STAGE_DIR
 from training.recipe import Recipe
 from training.trainer import create_recipe_model
 from zoo.bench import bench_models, speed_candidates
@@ -44,8 +45,27 @@ def parent_metrics(parent_id: str | None) -> dict[str, Any]:
     return {"dense_parent_top1": entry["metrics"]["top1"]}
 
 
+PRUNING_RECORD_FIELDS = ("parent", "parent_summary", "pruned_summary", "stage_seconds", "criterion",
+                         "important_counts", "cluster_widths", "search_widths", "best_holdout_top1",
+                         "fitness_evaluations", "history", "swarm", "steps", "settings")  # fmt: skip
+
+
+def pruning_record(run_dir: Path) -> dict[str, Any] | None:
+    """What the prune/search stage did (from ``<run>/prune/plan.json``), without the per-channel lists."""
+    plan = run_dir / STAGE_DIR / PLAN_FILE
+    if not plan.exists():
+        return None
+    record = json.loads(plan.read_text())
+    return {"method": record["method"], **{k: record[k] for k in PRUNING_RECORD_FIELDS if k in record}}
+
+
 def build_config(
-    model: torch.nn.Module, recipe: Recipe, result: dict[str, Any], metrics: dict[str, Any], speed: dict[str, Any]
+    model: torch.nn.Module,
+    recipe: Recipe,
+    result: dict[str, Any],
+    metrics: dict[str, Any],
+    speed: dict[str, Any],
+    pruning: dict[str, Any] | None = None,
 ) -> dict:
     """config.json: timm's fields at the root (so timm's hf-hub loader reads it) and the zoo's under ``zoo``."""
     spec = dataset_spec(recipe.data.dataset)
@@ -83,6 +103,7 @@ def build_config(
                 **parent_metrics(recipe.export.dense_parent),
             },
             "speed": speed,
+            **({"pruning": pruning} if pruning else {}),
             "training": {
                 "recipe": recipe_path,
                 "command": f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}",
@@ -120,7 +141,7 @@ def export_run(
     config = write_checkpoint_folder(
         dest_root / recipe.id,
         pack_binary_weights(model, state_dict_for_saving(model)),
-        build_config(model, recipe, result, metrics, speed),
+        build_config(model, recipe, result, metrics, speed, pruning_record(run_dir)),
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )

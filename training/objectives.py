@@ -6,12 +6,22 @@ data-parallel) wrapped model, so everything goes through its ``forward``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoo.prune.aip import (
+    AIPSettings,
+    Discriminator,
+    attention_transfer_loss,
+    distillation_loss,
+    real_or_fake_loss,
+)
 
 
 @dataclass
@@ -64,6 +74,69 @@ def ir2net_distribution(
     return 0.5 * (soft_cross_entropy(logits, teacher) + soft_cross_entropy(restricted, teacher))
 
 
+@contextmanager
+def stage_outputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the outputs of the model's stages (its ``feature_info`` taps after the stem) during a forward."""
+    net = getattr(model, "module", model)  # hooks on the wrapped module still fire through DDP's forward
+    outputs: list[torch.Tensor] = []
+    names = [info["module"] for info in net.feature_info[1:]]
+    handles = [net.get_submodule(n).register_forward_hook(lambda m, i, o: outputs.append(o)) for n in names]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class AdversarialDistillation:
+    """AIP's objective (a reconstruction, see zoo/prune/aip.py): KD + attention transfer + adversarial term.
+
+    Each call first updates the discriminator (teacher logits real, student logits fake), then returns the
+    student's loss. The discriminator and its optimizer are saved with the run's state (``state_dict``).
+    """
+
+    def __init__(self, settings: AIPSettings, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.settings = settings
+        self.discriminator = Discriminator(num_classes).to(device)
+        self.optimizer = torch.optim.SGD(
+            self.discriminator.parameters(), lr=settings.discriminator_lr, momentum=settings.discriminator_momentum
+        )
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: ObjectiveContext
+    ) -> torch.Tensor:
+        if ctx.teacher is None:
+            raise ValueError("the aip objective distils from the dense parent: set train.teacher.checkpoint")
+        s = self.settings
+        with torch.no_grad(), stage_outputs(ctx.teacher) as teacher_maps:
+            teacher_logits = ctx.teacher(images)
+        with stage_outputs(model) as student_maps:
+            student_logits = model(images)
+
+        self.discriminator.requires_grad_(True)
+        d_loss = real_or_fake_loss(self.discriminator(teacher_logits), True) + real_or_fake_loss(
+            self.discriminator(student_logits.detach()), False
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.optimizer.step()
+
+        self.discriminator.requires_grad_(False)  # the student's adversarial term must not train D
+        fool = real_or_fake_loss(self.discriminator(student_logits), True)
+        return (
+            distillation_loss(student_logits, teacher_logits, labels, s.kd_temperature, s.kd_alpha)
+            + s.attention_weight * attention_transfer_loss(student_maps, teacher_maps)
+            + s.adversarial_weight * fool
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 OBJECTIVES: dict[str, Objective] = {
     "cross_entropy": cross_entropy,
     "ir2net": ir2net_two_pass,
@@ -72,7 +145,12 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-def get_objective(name: str) -> Objective:
+def get_objective(
+    name: str, num_classes: int = 0, aip: AIPSettings | None = None, device: torch.device | str = "cpu"
+) -> Objective:
+    """The objective called ``name``; ``aip`` (stateful) is built for ``num_classes`` with its settings."""
+    if name == "aip":
+        return AdversarialDistillation(aip or AIPSettings(), num_classes, device)
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective '{name}', use one of {sorted(OBJECTIVES)}")
+        raise ValueError(f"unknown objective '{name}', use one of {sorted([*OBJECTIVES, 'aip'])}")
     return OBJECTIVES[name]

@@ -22,6 +22,15 @@ def _checked_numbers(section: type, values: dict[str, Any], where: str) -> dict[
     return values
 
 
+def section_from_dict(section: type, values: dict[str, Any] | None, where: str) -> Any:
+    """Build a settings dataclass from YAML values, naming any unknown key or non-numeric number."""
+    values = dict(values or {})
+    bad = set(values) - {f.name for f in dataclasses.fields(section)}
+    if bad:
+        raise ValueError(f"recipe {where}: unknown keys {sorted(bad)}")
+    return section(**_checked_numbers(section, values, where))
+
+
 @dataclass
 class ModelSection:
     architecture: str
@@ -33,10 +42,11 @@ class ModelSection:
 
 @dataclass
 class TeacherSection:
-    """A frozen teacher for distillation objectives (torchvision architecture names)."""
+    """A frozen teacher for distillation objectives: a zoo checkpoint, or a torchvision architecture."""
 
     architecture: str = "resnet34"
     pretrained: bool = True  # torchvision's ImageNet weights; False only for smoke tests
+    checkpoint: str | None = None  # a zoo checkpoint id (e.g. the dense parent) instead of torchvision
 
 
 @dataclass
@@ -90,6 +100,25 @@ class ExportSection:
 
 
 @dataclass
+class PruneSection:
+    """The prune/search stage that runs before the final training (``training/prune.py``)."""
+
+    method: str  # l1 | ucp | acp | aip: zoo/prune/<method>.py
+    parent: str  # checkpoint id of the trained dense parent: weight source, teacher and reference
+    parent_recipe: str | None = None  # UCP: recipe of the SE-augmented parent, trained first when missing
+    init: str = "inherit"  # inherit: start from the kept parent weights | scratch: random init
+    flops_reduction: float = 0.5  # l1, aip: the FLOPs cut to reach (uniform ratio per layer)
+    score_images: int = 2000  # ucp, acp: training images that score the channels
+    threshold_factor: float = 1.0  # ucp: keep I_i > (1 ± λ) mean(I); this is 1 ± λ
+    eps: float = 0.007  # acp: DBSCAN radius (cosine distance), the compression knob
+    min_samples: int = 5  # acp: DBSCAN MinPts
+    fitness_images: int = 5120  # acp: training images of each candidate's short training
+    fitness_lr: float = 0.01  # acp: constant SGD lr of that training
+    swarm: dict[str, Any] = field(default_factory=dict)  # acp: zoo.prune.swarm.SwarmSettings fields
+    aip: dict[str, Any] = field(default_factory=dict)  # aip: zoo.prune.aip.AIPSettings fields
+
+
+@dataclass
 class Recipe:
     id: str
     model: ModelSection
@@ -98,6 +127,7 @@ class Recipe:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
     export: ExportSection = field(default_factory=ExportSection)
+    prune: PruneSection | None = None
     notes: str = ""
     path: str | None = None
 
@@ -110,6 +140,7 @@ class Recipe:
             "schedule": ScheduleSection,
             "train": TrainSection,
             "export": ExportSection,
+            "prune": PruneSection,
         }
         unknown = set(raw) - {"id", "notes", *sections}
         if unknown:
@@ -117,11 +148,7 @@ class Recipe:
         kwargs: dict[str, Any] = {"id": raw["id"], "notes": raw.get("notes", ""), "path": path}
         for name, section in sections.items():
             if name in raw:
-                fields = {f.name for f in dataclasses.fields(section)}
-                bad = set(raw[name]) - fields
-                if bad:
-                    raise ValueError(f"recipe {path or ''}: unknown keys {sorted(bad)} in '{name}'")
-                kwargs[name] = section(**_checked_numbers(section, raw[name], f"{path or ''}: {name}"))
+                kwargs[name] = section_from_dict(section, raw[name], f"{path or ''}: {name}")
         if isinstance(kwargs.get("train"), TrainSection) and isinstance(kwargs["train"].teacher, dict):
             kwargs["train"].teacher = TeacherSection(**kwargs["train"].teacher)
         return cls(**kwargs)

@@ -1,6 +1,7 @@
 """Train one recipe: ``python -m training.train training/recipes/<id>.yaml [--run-dir runs/<id>]``.
 
-Data-parallel: ``torchrun --nproc_per_node 2 -m training.train <recipe>`` (CPU, gloo) or
+A recipe with a ``prune`` section first runs its prune/search stage (``training/prune.py``), then trains the
+pruned network. Data-parallel: ``torchrun --nproc_per_node 2 -m training.train <recipe>`` (CPU, gloo) or
 ``accelerate launch --multi_gpu -m training.train <recipe>`` (GPUs). Re-running resumes from ``state/``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.prune import resolve_pruned_recipe
 from training.recipe import Recipe
 from training.trainer import Trainer
 
@@ -32,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         recipe.train.epochs = args.epochs
     if args.limit is not None:
         recipe.data.limit = args.limit
-    Trainer(recipe, args.run_dir or Path("runs") / recipe.id).fit()
+    run_dir = args.run_dir or Path("runs") / recipe.id
+    if recipe.prune is not None:
+        recipe = resolve_pruned_recipe(recipe, run_dir)
+    Trainer(recipe, run_dir).fit()
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 import zoo
 from training.objectives import ObjectiveContext, get_objective
-from training.recipe import Recipe
+from training.recipe import Recipe, section_from_dict
 from zoo.data import BatchAugment, BatchIterator, DecodedImages, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.hub import read_safetensors
+from zoo.prune.aip import AIPSettings
 
 STATE_DIR = "state"
 
@@ -171,7 +172,8 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.spec = dataset_spec(recipe.data.dataset)
         self.state = TrainState(recipe.to_dict())
-        self.objective = get_objective(recipe.train.objective)
+        aip = section_from_dict(AIPSettings, recipe.prune.aip, "prune.aip") if recipe.prune else None
+        self.objective = get_objective(recipe.train.objective, self.spec.num_classes, aip, self.accelerator.device)
         self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
@@ -218,6 +220,9 @@ class Trainer:
         spec = self.recipe.train.teacher
         if spec is None:
             return None
+        if spec.checkpoint:
+            teacher = zoo.from_pretrained(spec.checkpoint)
+            return teacher.eval().requires_grad_(False).to(self.accelerator.device)
         weights = torchvision.models.get_model_weights(spec.architecture).DEFAULT if spec.pretrained else None
         teacher = torchvision.models.get_model(spec.architecture, weights=weights)
         return teacher.eval().requires_grad_(False).to(self.accelerator.device)
@@ -247,6 +252,8 @@ class Trainer:
         )
         model, optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(scheduler, self.state)
+        if hasattr(self.objective, "state_dict"):  # e.g. AIP's discriminator
+            acc.register_for_checkpointing(self.objective)
         resume_from = latest_state(self.run_dir)
         if resume_from is not None:
             acc.load_state(str(resume_from))

@@ -101,6 +101,53 @@ def _speed_section(speed: dict[str, Any] | None) -> str:
     )
 
 
+def _speedup_at(speed: dict[str, Any] | None, batch: int) -> float | None:
+    """Dense parent latency / this model's latency at ``batch``, both measured in the same process."""
+    if not speed:
+        return None
+    results = speed["results"]
+    own = [name for name in results if name != "dense parent (fp32)"]
+    if "dense parent (fp32)" not in results or not own:
+        return None
+    ms = {
+        name: next((r["ms"] for r in results[name] if r["batch"] == batch), None)
+        for name in (own[0], "dense parent (fp32)")
+    }
+    if None in ms.values():
+        return None
+    return ms["dense parent (fp32)"] / ms[own[0]]
+
+
+def _pruning_section(meta: dict[str, Any]) -> str:
+    """Before/after table of a channel-pruned checkpoint (params, FLOPs, top-1, measured speed-up)."""
+    pruning = meta.get("pruning")
+    if not pruning:
+        return ""
+    before, after = pruning["parent_summary"], meta["compression"]
+    metrics = meta["metrics"]
+    flops_ratio = before["flops"] / after["flops"]
+    lines = [
+        "## Pruning",
+        "",
+        f"Parent `{pruning['parent']}`; method `{pruning['method']}`; the pruned inner widths are in `model_args`.",
+        "",
+        "| | dense parent | this model | change |",
+        "| --- | --- | --- | --- |",
+        f"| parameters | {before['params']:,} | {after['params']:,} | {after['params'] / before['params'] - 1:+.1%} |",
+        f"| FLOPs (MACs) | {before['flops'] / 1e6:.2f} M | {after['flops'] / 1e6:.2f} M | "
+        f"{after['flops'] / before['flops'] - 1:+.1%} |",
+    ]
+    if "dense_parent_top1" in metrics:
+        lines.append(f"| top-1 (full test split) | {metrics['dense_parent_top1']:.2f} % | {metrics['top1']:.2f} % | "
+                     f"{metrics['top1'] - metrics['dense_parent_top1']:+.2f} points |")  # fmt: skip
+    for batch in (1, 64):
+        speedup = _speedup_at(meta.get("speed"), batch)
+        if speedup is not None:
+            lines.append(f"| CPU speed-up at batch {batch} (same process) | 1.00x | {speedup:.2f}x | "
+                         f"{speedup / flops_ratio:.2f} of the FLOPs ratio {flops_ratio:.2f}x |")  # fmt: skip
+    return "\n".join(lines) + "\n\n"
+
+
 def render_card(config: dict[str, Any]) -> str:
     """The README.md of a checkpoint folder."""
     from zoo.registry import HF_ORG
@@ -142,6 +189,7 @@ def render_card(config: dict[str, Any]) -> str:
         "num_processes": training["num_processes"],
         "history": _history_table(training["history"]),
         "speed": _speed_section(meta.get("speed")),
+        "pruning": _pruning_section(meta),
     }
     template = string.Template((CARDS_DIR / "template.md").read_text())
     return template.substitute(values)

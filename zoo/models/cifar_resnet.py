@@ -152,7 +152,16 @@ class CifarResNet(FeatureTapsMixin, nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-default_cfgs = default_cfgs_with_releases({f"resnet{d}": cifar_cfg((8, 8)) for d in (20, 32, 44, 56, 110)})
+# Channel-pruned ResNet-56s: the same network, its widths from the checkpoint's config (``model_args``).
+# Without a released tag's model_args (or inner_widths=) they build the dense shape.
+PRUNING_METHODS = ("ucp", "acp", "aip", "l1")
+
+default_cfgs = default_cfgs_with_releases(
+    {
+        **{f"resnet{d}": cifar_cfg((8, 8)) for d in (20, 32, 44, 56, 110)},
+        **{f"resnet56_{method}": cifar_cfg((8, 8)) for method in PRUNING_METHODS},
+    }
+)
 
 
 def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> CifarResNet:
@@ -188,3 +197,27 @@ def resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
 def resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
     """ResNet-110 for 32x32 (CIFAR) or 28x28 (Fashion-MNIST) inputs, full precision."""
     return _create("resnet110", 110, pretrained, **kwargs)
+
+
+@register_model
+def resnet56_ucp(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-56 pruned by UCP (uniform channel pruning scored by MSEB gates)."""
+    return _create("resnet56_ucp", 56, pretrained, **kwargs)
+
+
+@register_model
+def resnet56_acp(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-56 pruned by ACP (DBSCAN widths refined by a particle-swarm search)."""
+    return _create("resnet56_acp", 56, pretrained, **kwargs)
+
+
+@register_model
+def resnet56_aip(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-56 pruned by AIP (adversarial iterative pruning with knowledge transfer)."""
+    return _create("resnet56_aip", 56, pretrained, **kwargs)
+
+
+@register_model
+def resnet56_l1(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-56 pruned by L1-norm filter pruning (the magnitude baseline)."""
+    return _create("resnet56_l1", 56, pretrained, **kwargs)

@@ -1,0 +1,87 @@
+"""Pruning plans: the channels each prunable layer keeps.
+
+For the CIFAR ResNets (basic blocks, option-A shortcuts) the prunable layer of a block is its first conv:
+its output channels feed only BN1 (and the MSEB, if present) and the second conv's input, so removing them
+leaves the residual widths, and with them every shortcut, untouched. This is the coupling rule the plan
+respects, and the width ACP, AIP, L1 and UCP (basic-block case) prune in methods.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def prunable_blocks(model: nn.Module) -> list[nn.Module]:
+    """The residual blocks whose inner width can be pruned, in network order."""
+    blocks = [m for m in model.modules() if hasattr(m, "conv1") and hasattr(m, "conv2") and hasattr(m, "bn1")]
+    if not blocks:
+        raise TypeError(f"{type(model).__name__} has no prunable basic blocks (conv1 -> bn1 -> conv2)")
+    return blocks
+
+
+def inner_widths(model: nn.Module) -> list[int]:
+    return [block.conv1.out_channels for block in prunable_blocks(model)]
+
+
+@dataclass
+class PrunePlan:
+    """Kept channel indices (ascending) of every prunable layer, in network order."""
+
+    keep: list[torch.Tensor]
+
+    @property
+    def widths(self) -> list[int]:
+        return [len(k) for k in self.keep]
+
+    def to_dict(self) -> dict[str, list[list[int]]]:
+        return {"keep": [k.tolist() for k in self.keep]}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, list[list[int]]]) -> PrunePlan:
+        return cls([torch.tensor(k, dtype=torch.long) for k in raw["keep"]])
+
+    def check_fits(self, widths: Sequence[int]) -> None:
+        """Raise unless the plan has one non-empty, in-range, duplicate-free index set per layer."""
+        if len(self.keep) != len(widths):
+            raise ValueError(f"the plan covers {len(self.keep)} layers, the model has {len(widths)} prunable layers")
+        for i, (keep, width) in enumerate(zip(self.keep, widths, strict=True)):
+            if len(keep) == 0:
+                raise ValueError(f"layer {i}: a plan must keep at least one channel")
+            if int(keep.min()) < 0 or int(keep.max()) >= width or len(keep.unique()) != len(keep):
+                raise ValueError(f"layer {i}: kept indices must be distinct and within 0..{width - 1}")
+
+
+def keep_top(scores: Sequence[torch.Tensor], widths: Sequence[int]) -> PrunePlan:
+    """Keep the ``widths[i]`` highest-scoring channels of layer i (ties go to the lower index)."""
+    keep = []
+    for layer_scores, width in zip(scores, widths, strict=True):
+        if not 1 <= width <= len(layer_scores):
+            raise ValueError(f"width {width} is outside 1..{len(layer_scores)}")
+        order = torch.argsort(layer_scores, descending=True, stable=True)
+        keep.append(order[:width].sort().values)
+    return PrunePlan(keep)
+
+
+def keep_all(model: nn.Module) -> PrunePlan:
+    """The identity plan: every channel kept."""
+    return PrunePlan([torch.arange(w) for w in inner_widths(model)])
+
+
+def scaled_widths(widths: Sequence[int], keep_ratio: float) -> list[int]:
+    """Every layer keeps the same fraction of its channels (at least one)."""
+    return [max(1, round(w * keep_ratio)) for w in widths]
+
+
+def uniform_stage_widths(counts: Sequence[float], blocks_per_stage: int) -> list[int]:
+    """UCP's basic-block rule: every block of a stage gets the stage's mean width (rounded, at least one)."""
+    if len(counts) % blocks_per_stage:
+        raise ValueError(f"{len(counts)} layers do not split into stages of {blocks_per_stage} blocks")
+    widths = []
+    for start in range(0, len(counts), blocks_per_stage):
+        stage = counts[start : start + blocks_per_stage]
+        widths += [max(1, round(sum(stage) / len(stage)))] * blocks_per_stage
+    return widths
