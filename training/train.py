@@ -15,6 +15,13 @@ from training.recipe import Recipe
 from training.trainer import Trainer
 
 
+def train_recipe(recipe: Recipe, run_dir: Path) -> dict:
+    """Train ``recipe`` into ``run_dir``, after its prune/search stage if it has one (resumable throughout)."""
+    if recipe.prune is not None:
+        recipe = resolve_pruned_recipe(recipe, run_dir)
+    return Trainer(recipe, run_dir).fit()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", type=Path)
@@ -34,10 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe.train.epochs = args.epochs
     if args.limit is not None:
         recipe.data.limit = args.limit
-    run_dir = args.run_dir or Path("runs") / recipe.id
-    if recipe.prune is not None:
-        recipe = resolve_pruned_recipe(recipe, run_dir)
-    Trainer(recipe, run_dir).fit()
+    train_recipe(recipe, args.run_dir or Path("runs") / recipe.id)
 
 
 if __name__ == "__main__":
