@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.nn.mseb import MSEB
+from zoo.nn.mseb import MSEB, SE_REDUCTION
 from zoo.prune.plan import PrunePlan, inner_widths, prunable_blocks
 
 
@@ -74,5 +74,16 @@ def pruned_model_args(model: nn.Module) -> dict[str, Any]:
     blocks = prunable_blocks(model)
     args: dict[str, Any] = {"inner_widths": inner_widths(model)}
     if any(isinstance(block.se, MSEB) for block in blocks):
+        for i, block in enumerate(blocks):
+            # mseb=True rebuilds MSEB(width), whose hidden layer follows the new width; sliced gates keep the
+            # parent's hidden units, which the model args cannot express.
+            width = block.conv1.out_channels
+            small = width <= SE_REDUCTION
+            rebuilt = (1 if small else width // SE_REDUCTION, small)
+            if not isinstance(block.se, MSEB) or (block.se.fc1.out_features, block.se.fc1.bias is not None) != rebuilt:
+                raise ValueError(
+                    f"block {i}: its MSEB gates cannot be rebuilt from model args at width "
+                    f"{block.conv1.out_channels}; prune with apply_plan(..., drop_mseb=True)"
+                )
         args["mseb"] = True
     return args
