@@ -95,9 +95,13 @@ class AdversarialDistillation:
     student's loss. The discriminator and its optimizer are saved with the run's state (``state_dict``).
     """
 
-    def __init__(self, settings: AIPSettings, num_classes: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, settings: AIPSettings, num_classes: int, device: torch.device | str = "cpu", seed: int = 0
+    ) -> None:
         self.settings = settings
-        self.discriminator = Discriminator(num_classes).to(device)
+        with torch.random.fork_rng(devices=[]):  # its own seed: the same start whatever ran before in the process
+            torch.manual_seed(seed)
+            self.discriminator = Discriminator(num_classes).to(device)
         self.optimizer = torch.optim.SGD(
             self.discriminator.parameters(), lr=settings.discriminator_lr, momentum=settings.discriminator_momentum
         )
@@ -146,11 +150,15 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def get_objective(
-    name: str, num_classes: int = 0, aip: AIPSettings | None = None, device: torch.device | str = "cpu"
+    name: str,
+    num_classes: int = 0,
+    aip: AIPSettings | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
 ) -> Objective:
     """The objective called ``name``; ``aip`` (stateful) is built for ``num_classes`` with its settings."""
     if name == "aip":
-        return AdversarialDistillation(aip or AIPSettings(), num_classes, device)
+        return AdversarialDistillation(aip or AIPSettings(), num_classes, device, seed)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective '{name}', use one of {sorted([*OBJECTIVES, 'aip'])}")
     return OBJECTIVES[name]

@@ -173,7 +173,9 @@ class Trainer:
         self.spec = dataset_spec(recipe.data.dataset)
         self.state = TrainState(recipe.to_dict())
         aip = section_from_dict(AIPSettings, recipe.prune.aip, "prune.aip") if recipe.prune else None
-        self.objective = get_objective(recipe.train.objective, self.spec.num_classes, aip, self.accelerator.device)
+        self.objective = get_objective(
+            recipe.train.objective, self.spec.num_classes, aip, self.accelerator.device, recipe.train.seed
+        )
         self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
