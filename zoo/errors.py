@@ -35,3 +35,7 @@ class ConfigError(ZooError, ValueError):
 
 class DataError(ZooError, ValueError):
     """A dataset that is missing, truncated or malformed."""
+
+
+class InputError(ZooError, ValueError):
+    """An input tensor a model cannot take: not (N, C, H, W), wrong dtype, channel count or spatial size."""

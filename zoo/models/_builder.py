@@ -18,6 +18,7 @@ from torch import nn
 from zoo.errors import ShapeMismatchError
 from zoo.hub import load_verified_state_dict
 from zoo.inference import unpack_binary_weights
+from zoo.models._input_check import install_input_check
 from zoo.registry import checkpoint_model_args, with_releases
 
 _REMOTE_SOURCES = ("hf-hub", "local-dir")
@@ -63,7 +64,8 @@ def build_zoo_model(
     """Build ``variant`` with timm's builder; with ``pretrained`` load verified weights strictly.
 
     The tag's released ``model_args`` (e.g. pruned widths) are defaults for the constructor, so
-    ``resnet56_ucp.fmnist`` rebuilds the pruned shape whether or not weights are loaded.
+    ``resnet56_ucp.fmnist`` rebuilds the pruned shape whether or not weights are loaded. The model checks its
+    inputs (:mod:`zoo.models._input_check`: a clear ``InputError`` for a bad tensor) before every forward.
     """
     pretrained_cfg = resolve_pretrained_cfg(
         variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
@@ -101,4 +103,4 @@ def build_zoo_model(
             ) from err
         raise
     model.pretrained_cfg = model.default_cfg = pretrained_cfg.to_dict()
-    return model
+    return install_input_check(model)
