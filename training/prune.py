@@ -20,9 +20,8 @@ import torch
 from accelerate import Accelerator, PartialState
 from safetensors.torch import save_file
 
-import zoo
 from training.recipe import Recipe, section_from_dict
-from training.trainer import Trainer, create_recipe_model
+from training.trainer import Trainer, create_recipe_model, load_trained_model
 from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
 from zoo.data.augment import normalize
 from zoo.evaluate import accuracy, predict_logits
@@ -74,7 +73,7 @@ class TrainingImages:
 
 
 def load_parent(recipe: Recipe) -> torch.nn.Module:
-    return zoo.from_pretrained(recipe.prune.parent).eval()
+    return load_trained_model(recipe.prune.parent)
 
 
 def train_parent_recipe(recipe_path: str, run_dir: Path) -> torch.nn.Module:

@@ -46,7 +46,7 @@ class TeacherSection:
 
     architecture: str = "resnet34"
     pretrained: bool = True  # torchvision's ImageNet weights; False only for smoke tests
-    checkpoint: str | None = None  # a zoo checkpoint id (e.g. the dense parent) instead of torchvision
+    checkpoint: str | None = None  # a zoo checkpoint (or run:<run dir>), e.g. the dense parent, not torchvision
 
 
 @dataclass
@@ -74,8 +74,10 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
-    name: str = "cosine"  # cosine | linear | constant
+    name: str = "cosine"  # cosine | linear | constant | step
     warmup_fraction: float = 0.0
+    milestones: list[float] = field(default_factory=list)  # step: fractions of training where lr *= gamma
+    gamma: float = 0.1  # step
 
 
 @dataclass
@@ -104,7 +106,7 @@ class PruneSection:
     """The prune/search stage that runs before the final training (``training/prune.py``)."""
 
     method: str  # l1 | ucp | acp | aip: zoo/prune/<method>.py
-    parent: str  # checkpoint id of the trained dense parent: weight source, teacher and reference
+    parent: str  # the trained dense parent (checkpoint id, local-dir:/hf-hub: or run:<run dir>): weights, reference
     parent_recipe: str | None = None  # UCP: recipe of the SE-augmented parent, trained first when missing
     init: str = "inherit"  # inherit: start from the kept parent weights | scratch: random init
     flops_reduction: float = 0.5  # l1, aip: the FLOPs cut to reach (uniform ratio per layer)
@@ -147,7 +149,7 @@ class Recipe:
             raise ValueError(f"recipe {path or ''}: unknown top-level keys {sorted(unknown)}")
         kwargs: dict[str, Any] = {"id": raw["id"], "notes": raw.get("notes", ""), "path": path}
         for name, section in sections.items():
-            if name in raw:
+            if raw.get(name) is not None:
                 kwargs[name] = section_from_dict(section, raw[name], f"{path or ''}: {name}")
         if isinstance(kwargs.get("train"), TrainSection) and isinstance(kwargs["train"].teacher, dict):
             kwargs["train"].teacher = TeacherSection(**kwargs["train"].teacher)

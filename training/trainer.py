@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,19 +81,27 @@ class TrainState:
         vars(self).update(state)
 
 
-def lr_factor(schedule: str, warmup_fraction: float, step: int, total: int) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``."""
+def lr_factor(
+    schedule: str, warmup_fraction: float, step: int, total: int, milestones: Sequence[float] = (), gamma: float = 0.1
+) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``.
+
+    ``step`` decays by ``gamma`` at each milestone (a fraction of all steps: 0.5 and 0.75 of 160 epochs are the
+    papers' epochs 80 and 120).
+    """
     warmup = int(warmup_fraction * total)
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        return gamma ** sum(step >= round(m * total) for m in milestones)
     progress = min((step - warmup) / max(1, total - warmup), 1.0)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "linear":
         return 1.0 - progress
-    raise ValueError(f"unknown schedule '{schedule}' (use cosine, linear or constant)")
+    raise ValueError(f"unknown schedule '{schedule}' (use cosine, linear, constant or step)")
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -126,6 +135,25 @@ def create_recipe_model(recipe: Recipe) -> torch.nn.Module:
     if timm.models.get_pretrained_cfg(recipe.model.architecture).fixed_input_size:
         kwargs["img_size"] = spec.input_size[1:]
     return timm.create_model(recipe.model.architecture, pretrained=False, **{**kwargs, **recipe.model.args})
+
+
+RUN_PREFIX = "run:"
+
+
+def load_trained_model(reference: str) -> torch.nn.Module:
+    """A trained model, in eval mode: ``run:<run dir>`` (a finished training run) or any ``zoo.from_pretrained`` id."""
+    if not reference.startswith(RUN_PREFIX):
+        return zoo.from_pretrained(reference).eval()
+    run_dir = Path(reference[len(RUN_PREFIX) :])
+    if not (run_dir / "result.json").is_file() or not (run_dir / "final.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{reference}: no finished run there (result.json and final.safetensors). Train it first: "
+            "python -m training.train <its recipe> --run-dir " + str(run_dir)
+        )
+    result = json.loads((run_dir / "result.json").read_text())
+    model = create_recipe_model(Recipe.from_dict(result["recipe"], result.get("recipe_path")))
+    model.load_state_dict(read_safetensors(run_dir / "final.safetensors"), strict=True)
+    return model.eval()
 
 
 def param_checksum(model: torch.nn.Module) -> int:
@@ -223,8 +251,7 @@ class Trainer:
         if spec is None:
             return None
         if spec.checkpoint:
-            teacher = zoo.from_pretrained(spec.checkpoint)
-            return teacher.eval().requires_grad_(False).to(self.accelerator.device)
+            return load_trained_model(spec.checkpoint).requires_grad_(False).to(self.accelerator.device)
         weights = torchvision.models.get_model_weights(spec.architecture).DEFAULT if spec.pretrained else None
         teacher = torchvision.models.get_model(spec.architecture, weights=weights)
         return teacher.eval().requires_grad_(False).to(self.accelerator.device)
@@ -250,7 +277,10 @@ class Trainer:
         optimizer = build_optimizer(r, model)
         total_steps = r.train.epochs * len(loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(r.schedule.name, r.schedule.warmup_fraction, s, total_steps)
+            optimizer,
+            lambda s: lr_factor(
+                r.schedule.name, r.schedule.warmup_fraction, s, total_steps, r.schedule.milestones, r.schedule.gamma
+            ),
         )
         model, optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(scheduler, self.state)

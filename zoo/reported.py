@@ -59,7 +59,7 @@ def _bnn(method: str, source: str, dataset: str, model: str, top1: float, top5: 
 def _acp(dataset: str, model: str, setting: str, top1: float, top5: float | None, params_m: float, flops_m: float,
          params_red: float | None, flops_red: float | None, arch: str | None) -> ReportedResult:  # fmt: skip
     baseline = setting == "baseline"
-    note = "" if baseline or arch is None else "pruned widths are per run (set by the search)"
+    note = "" if baseline or arch is None else "pruned widths are per run (set by the search; in model_args)"
     return ReportedResult("ACP", dataset, model, ACP_TABLES, "" if baseline else setting, 32, 32, top1, top5,
                           params_m=params_m, flops_m=flops_m, params_reduction_pct=params_red,
                           flops_reduction_pct=flops_red, zoo_architecture=arch, note=note,
@@ -91,9 +91,9 @@ REPORTED: tuple[ReportedResult, ...] = (
     _acp(C10, "VGG-16", "ε=0.020", 93.66, None, 2.76, 93.52, 81.28, 70.25, None),
     _acp(C10, "VGG-16", "ε=0.035", 93.45, None, 1.23, 83.54, 91.66, 73.44, None),
     _acp(C10, "ResNet-56", "baseline", 93.18, None, 0.85, 127.62, None, None, "resnet56"),
-    _acp(C10, "ResNet-56", "ε=0.035", 93.78, None, 0.59, 78.31, 30.59, 38.64, "resnet56"),
-    _acp(C10, "ResNet-56", "ε=0.075", 93.39, None, 0.35, 58.17, 58.82, 54.42, "resnet56"),
-    _acp(C10, "ResNet-56", "ε=0.080", 92.91, None, 0.30, 53.80, 64.71, 57.84, "resnet56"),
+    _acp(C10, "ResNet-56", "ε=0.035", 93.78, None, 0.59, 78.31, 30.59, 38.64, "resnet56_acp"),
+    _acp(C10, "ResNet-56", "ε=0.075", 93.39, None, 0.35, 58.17, 58.82, 54.42, "resnet56_acp"),
+    _acp(C10, "ResNet-56", "ε=0.080", 92.91, None, 0.30, 53.80, 64.71, 57.84, "resnet56_acp"),
     _acp(C10, "ResNet-110", "baseline", 93.32, None, 1.73, 256.04, None, None, "resnet110"),
     _acp(C10, "ResNet-110", "ε=0.085", 94.33, None, 0.65, 92.29, 62.43, 63.95, "resnet110"),
     _acp(C10, "ResNet-110", "ε=0.130", 94.07, None, 0.49, 78.11, 71.68, 69.49, "resnet110"),
@@ -107,8 +107,8 @@ REPORTED: tuple[ReportedResult, ...] = (
     _acp(C100, "VGG-19", "ε=0.005", 73.12, None, 10.03, 239.77, 50.07, 39.99, None),
     _acp(C100, "VGG-19", "ε=0.010", 71.95, None, 5.22, 146.87, 74.02, 63.24, None),
     _acp(C100, "ResNet-56", "baseline", 71.36, None, 0.86, 127.09, None, None, "resnet56"),
-    _acp(C100, "ResNet-56", "ε=0.030", 71.77, None, 0.58, 82.21, 32.56, 35.31, "resnet56"),
-    _acp(C100, "ResNet-56", "ε=0.060", 71.15, None, 0.45, 60.73, 47.67, 52.21, "resnet56"),
+    _acp(C100, "ResNet-56", "ε=0.030", 71.77, None, 0.58, 82.21, 32.56, 35.31, "resnet56_acp"),
+    _acp(C100, "ResNet-56", "ε=0.060", 71.15, None, 0.45, 60.73, 47.67, 52.21, "resnet56_acp"),
     _acp(C100, "ResNet-110", "baseline", 72.15, None, 1.73, 256.04, None, None, "resnet110"),
     _acp(C100, "ResNet-110", "ε=0.040", 73.00, None, 0.96, 135.71, 44.51, 47.00, "resnet110"),
     _acp(C100, "ResNet-110", "ε=0.070", 72.49, None, 0.74, 119.33, 57.23, 53.39, "resnet110"),
