@@ -2,7 +2,8 @@
 
 Every code path this machine can run is checked: the C++ extension's ISAs (scalar, avx2, avx512 VPOPCNTDQ where the
 CPU has them, forced through ZOO_KERNEL_ISA) and the pure-PyTorch fallback (ZOO_DISABLE_KERNELS=1). Results are small
-integers, so equality is exact (torch.equal).
+integers, so equality is exact (torch.equal). The epilogue affine (scale, bias) rounds once per element, so it is
+compared exactly with a float64 reference rounded to float32.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +318,99 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     assert "missing.cpp" in str(ours[0].message) or "could not be built" in str(ours[0].message)
     assert zk.kernel_backend() == "torch-fallback" and zk.kernel_unavailable_reason()
     assert torch.equal(y1, _reference(x, w, 1, 1)) and torch.equal(y2, y1)
+
+
+def _affine_reference(conv: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """conv * scale + bias per output channel, rounded once (the product is exact in float64)."""
+    return (conv.double() * scale.double()[:, None, None] + bias.double()[:, None, None]).float()
+
+
+# (N, C, H, W, O, k, stride, padding): O covers every lane block (8, 16, 24, 32 lanes) and partial last blocks.
+AFFINE_CASES = [
+    (2, 70, 9, 8, 12, 3, 1, 1),
+    (1, 64, 14, 14, 64, 3, 2, 1),
+    (3, 16, 7, 7, 40, 3, 1, 1),
+    (2, 130, 5, 6, 33, 1, 1, 0),
+    (1, 8, 6, 5, 8, 3, 1, 1),
+    (1, 3, 5, 5, 24, 3, 1, 1),
+    (2, 65, 6, 6, 17, 5, 1, 2),
+]
+
+
+def test_scale_bias_epilogue(path):
+    gen = torch.Generator().manual_seed(8)
+    for n, c, h, w, o, k, s, p in AFFINE_CASES:
+        x = torch.randn(n, c, h, w, generator=gen)
+        wt = torch.randn(o, c, k, k, generator=gen)
+        scale, bias = torch.randn(o, generator=gen), 3 * torch.randn(o, generator=gen)
+        scale[0] = 0.0
+        packed = zk.pack_weights(wt)
+        conv = _reference(x, wt, s, p)
+        y = zk.binary_conv2d(x, packed, o, c, k, s, p, scale=scale, bias=bias)
+        assert torch.equal(y, _affine_reference(conv, scale, bias)), f"C={c} O={o} k={k} s={s} p={p} ({path})"
+        plain = conv * scale[:, None, None] + bias[:, None, None]  # two roundings: within an ulp or so
+        torch.testing.assert_close(y, plain, rtol=1e-6, atol=1e-6 * plain.abs().max().item())
+        act = zk.pack_activations(x.to(memory_format=torch.channels_last))
+        assert torch.equal(zk.binary_conv2d(act, packed, o, c, k, s, p, scale=scale, bias=bias), y)
+        scale_only = zk.binary_conv2d(x, packed, o, c, k, s, p, scale=scale)
+        assert torch.equal(scale_only, _affine_reference(conv, scale, torch.zeros(o)))
+        bias_only = zk.binary_conv2d(x, packed, o, c, k, s, p, bias=bias)
+        assert torch.equal(bias_only, _affine_reference(conv, torch.ones(o), bias))
+
+
+def test_scale_bias_with_thresholds(path):
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 70, 9, 8, generator=gen)
+    wt = torch.randn(20, 70, 3, 3, generator=gen)
+    shift = torch.rand(3, 70, generator=gen)
+    scale, bias = torch.randn(20, generator=gen), torch.randn(20, generator=gen)
+    y = zk.binary_conv2d(x, zk.pack_weights(wt), 20, 70, 3, 2, 1, threshold=-shift, scale=scale, bias=bias)
+    conv = F.conv2d(hard_sign(x + shift[:, :, None, None]), hard_sign(wt), stride=2, padding=1)
+    assert torch.equal(y, _affine_reference(conv, scale, bias))
+
+
+def test_scale_bias_checks(path):
+    x = torch.randn(1, 8, 6, 6)
+    pw = zk.pack_weights(torch.randn(4, 8, 3, 3))
+    ok = torch.ones(4)
+    bad = {
+        r"scale must have shape \[out_channels\] = \[4\], got \(5,\)": {"scale": torch.ones(5), "bias": ok},
+        "bias must have shape": {"scale": ok, "bias": torch.ones(4, 1)},
+        "scale must be float32.*float64": {"scale": ok.double()},
+        "bias must be float32.*int64": {"bias": torch.ones(4, dtype=torch.int64)},
+        "scale is on meta": {"scale": torch.ones(4, device="meta")},
+    }
+    for message, kwargs in bad.items():
+        with pytest.raises(ValueError, match=message):
+            zk.binary_conv2d(x, pw, 4, 8, 3, 1, 1, **kwargs)
+    with pytest.raises(TypeError, match="scale must be a float32 tensor"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, 1, 1, scale=[1.0] * 4)
+    if path != "torch":  # the extension checks its own arguments too
+        ext = _build.load_extension()
+        act, blocked = zk.pack_activations(x), ext.block_weights(pw)
+        with pytest.raises(RuntimeError, match="scale must have shape"):
+            ext.conv_packed(act, blocked, 4, 8, 3, 3, 1, 1, 1, 1, 0, scale=torch.ones(3))
+        with pytest.raises(RuntimeError, match="bias must be float32"):
+            ext.binary_conv2d(x, None, blocked, 4, 8, 3, 3, 1, 1, 1, 1, 0, bias=ok.double())
+
+
+def test_build_directory_follows_the_sources(monkeypatch, tmp_path):
+    """The build is keyed on the sources' content and flags: an edited kernel gets a fresh build directory."""
+    monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "kernel.cpp"
+    source.write_text("int version = 1;")
+    monkeypatch.setattr(_build, "_SOURCES", [source])
+    first = _build.build_dir()
+    assert first.parent == _build.cache_dir() and _build.build_dir() == first
+    source.write_text("int version = 2;")
+    second = _build.build_dir()
+    assert second != first
+    monkeypatch.setattr(_build, "_CFLAGS", [*_build._CFLAGS, "-DZOO_TEST"])
+    assert _build.build_dir() not in (first, second)
+
+
+def test_loaded_extension_comes_from_the_current_sources():
+    ext = _build.load_extension() if not _build.kernels_disabled() else None
+    if ext is None:
+        pytest.skip("the C++ extension is not available here")
+    assert Path(ext.__file__).parent == _build.build_dir()

@@ -1,4 +1,8 @@
-"""The inference form (packed 1-bit weights, popcount kernels) computes what the fake-quant model computes."""
+"""The inference form (packed 1-bit weights, popcount kernels) computes what the fake-quant model computes.
+
+Unfolded (``fold_bn=False``) it is bit-exact; with the BNs folded into the kernels' epilogue it agrees to float32
+rounding (bit-exact too where PyTorch's own BN kernel rounds ``x * scale + bias`` once, as its FMA builds do).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,31 @@ import pytest
 import timm
 import torch
 from conftest import released_ids
+from torch import nn
 
 import zoo
 from zoo.checkpoint import state_dict_for_saving
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import predict_logits
-from zoo.inference import PACKED_SUFFIX, PackedBinaryConv2d, pack_binary_weights, unpack_binary_weights
+from zoo.inference import (
+    PACKED_SUFFIX,
+    PackedBinaryConv2d,
+    batchnorm_affine,
+    pack_binary_weights,
+    unpack_binary_weights,
+)
+from zoo.kernels import available_isas, set_kernel_isa
 from zoo.nn import BinaryConv2d
 from zoo.registry import load_manifest
 
 BINARY_ARCHS = zoo.list_architectures(binary_only=True)
 SMALL_ARCHS = [a for a in BINARY_ARCHS if not a.startswith("resnet18_")] + ["resnet18_cifar_sdbnn"]
 BINARY_RELEASES = [i for i in released_ids() if i.split(".")[0] in BINARY_ARCHS]
+FOLD_ARCHS = SMALL_ARCHS + ["resnet18_bireal"]  # Bi-Real-18 at its smallest input, 32×32
+
+
+def _size(arch: str) -> int:
+    return 32 if arch == "resnet18_bireal" else 28
 
 
 def _trained_like(arch: str) -> torch.nn.Module:
@@ -26,23 +43,165 @@ def _trained_like(arch: str) -> torch.nn.Module:
     kwargs = {"img_size": 28} if arch.startswith("vgg") else {}
     model = timm.create_model(arch, in_chans=1, **kwargs).train()
     with torch.no_grad():
-        model(torch.randn(32, 1, 28, 28))
+        model(torch.randn(32, 1, _size(arch), _size(arch)))
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model.eval()
 
 
+def _declared_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(conv, BN) modules of every pair the blocks declare in ``conv_bn_pairs``."""
+    return [
+        (getattr(block, conv), getattr(block, bn))
+        for block in model.modules()
+        for conv, bn in getattr(block, "conv_bn_pairs", ())
+    ]
+
+
 @pytest.mark.parametrize("arch", SMALL_ARCHS)
 def test_inference_form_matches_fake_quant(arch: str) -> None:
     model = _trained_like(arch)
-    fast = zoo.to_inference(model)
+    fast = zoo.to_inference(model, fold_bn=False)
     assert not any(isinstance(m, BinaryConv2d) for m in fast.modules())
     assert sum(isinstance(m, PackedBinaryConv2d) for m in fast.modules()) > 0
+    assert all(m.bn_scale is None for m in fast.modules() if isinstance(m, PackedBinaryConv2d))
     x = torch.randn(8, 1, 28, 28)
     with torch.inference_mode():
         ref, out = model(x), fast(x)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert torch.equal(out.argmax(1), ref.argmax(1))
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("arch", FOLD_ARCHS)
+def test_folded_batchnorms_match_fake_quant(arch: str) -> None:
+    model = _trained_like(arch)
+    fast = zoo.to_inference(model)
+    pairs = _declared_pairs(fast)
+    assert pairs and all(isinstance(conv, PackedBinaryConv2d) for conv, _ in pairs)
+    assert all(conv.bn_scale is not None and isinstance(bn, nn.Identity) for conv, bn in pairs)  # no BN left after
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == bns - len(pairs)
+    x = torch.randn(8, 1, _size(arch), _size(arch))
+    with torch.inference_mode():
+        ref = model(x)
+        for layout in (False, True):
+            out = zoo.to_inference(model, channels_last=True)(x) if layout else fast(x)
+            scale = ref.abs().max().item()
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * scale)
+            assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+def _bn_rounds_once() -> bool:
+    """Whether PyTorch's CPU BN computes ``x * scale + bias`` with one rounding (its AVX2 / AVX-512 builds do)."""
+    torch.manual_seed(1)
+    bn = nn.BatchNorm2d(32).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 10)
+        bn.weight.normal_()
+        bn.bias.normal_()
+        x = torch.randint(-300, 300, (4, 32, 8, 8)).float()
+        scale, bias = batchnorm_affine(bn)
+        once = (x.double() * scale.double()[:, None, None] + bias.double()[:, None, None]).float()
+        return torch.equal(bn(x), once)
+
+
+@pytest.mark.parametrize("arch", ["resnet20_sdbnn", "vgg_small_bnn", "resnet18_bireal"])
+def test_folded_form_is_bit_exact_where_pytorch_bn_rounds_once(arch: str) -> None:
+    if not _bn_rounds_once():
+        pytest.skip("this PyTorch build's BN kernel rounds x * scale + bias twice")
+    model = _trained_like(arch)
+    x = torch.randn(4, 1, _size(arch), _size(arch))
+    with torch.inference_mode():
+        assert torch.equal(zoo.to_inference(model)(x), model(x))
+
+
+def test_batchnorm_affine_is_the_bn() -> None:
+    bn = nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.linspace(-2, 3, 6))
+        bn.running_var.copy_(torch.linspace(0.5, 4, 6))
+        bn.weight.copy_(torch.linspace(-1, 2, 6))
+        bn.bias.copy_(torch.linspace(1, -1, 6))
+    scale, bias = batchnorm_affine(bn)
+    expected = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(scale, expected.detach())
+    torch.testing.assert_close(bias, (bn.bias - bn.running_mean * expected).detach())
+    assert batchnorm_affine(bn.train()) is None  # batch statistics: not an affine map
+    assert batchnorm_affine(nn.BatchNorm2d(6, track_running_stats=False).eval()) is None
+    assert batchnorm_affine(nn.BatchNorm2d(6).double().eval()) is None
+
+
+def test_folding_skips_hooked_batchnorms() -> None:
+    model = _trained_like("resnet20_bnn")
+    seen = []
+    model.layer1[0].bn1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    fast = zoo.to_inference(model)
+    assert isinstance(fast.layer1[0].bn1, nn.BatchNorm2d) and fast.layer1[0].conv1.bn_scale is None
+    assert isinstance(fast.layer1[0].bn2, nn.Identity) and fast.layer1[0].conv2.bn_scale is not None
+    with torch.inference_mode():
+        fast(torch.randn(2, 1, 28, 28))
+    assert seen == [(2, 16, 28, 28)]
+
+
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _conv_bn_pairs_in_forward(block: nn.Module) -> set[tuple[str, str]]:
+    """(binary conv, BN) children where the BN's only input is the conv's output and nothing else reads it
+    (Identity modules between them are looked through), from the traced ``forward``."""
+    pairs = set()
+    for node in _ChildrenAsLeaves().trace(block).nodes:
+        if node.op != "call_module" or not isinstance(block.get_submodule(node.target), BinaryConv2d):
+            continue
+        out = node
+        while len(out.users) == 1:
+            (user,) = out.users
+            if user.op != "call_module" or user.args != (out,) or user.kwargs:
+                break
+            child = block.get_submodule(user.target)
+            if isinstance(child, nn.BatchNorm2d):
+                pairs.add((node.target, user.target))
+            if not isinstance(child, nn.Identity):
+                break
+            out = user
+    return pairs
+
+
+@pytest.mark.parametrize("arch", BINARY_ARCHS)
+def test_declared_conv_bn_pairs_match_the_forward(arch: str) -> None:
+    """Every block's ``conv_bn_pairs`` is exactly the set of binary conv → BN pairs its forward has."""
+    kwargs = {"img_size": 28} if arch.startswith("vgg") else {}
+    model = timm.create_model(arch, in_chans=1, **kwargs)
+    found = 0
+    for block in model.modules():
+        if any(isinstance(c, BinaryConv2d) for c in block.children()):
+            pairs = _conv_bn_pairs_in_forward(block)
+            assert set(getattr(block, "conv_bn_pairs", ())) == pairs, type(block).__name__
+            found += len(pairs)
+    assert found > 0
+
+
+def test_folded_conv_runs_its_bn_on_every_backend() -> None:
+    torch.manual_seed(3)
+    conv = BinaryConv2d(20, 12, 3, 1, 1)
+    bn = nn.BatchNorm2d(12).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+    packed = PackedBinaryConv2d(conv)
+    assert packed.fold_batchnorm(bn) and not packed.fold_batchnorm(bn)  # a second BN is refused
+    assert "bn folded" in repr(packed)
+    x = torch.randn(2, 20, 7, 7)
+    with torch.inference_mode():
+        ref = bn(conv(x))
+        for isa in [*available_isas(), "torch"]:
+            set_kernel_isa(isa.split("-")[0])
+            try:
+                torch.testing.assert_close(packed(x), ref, rtol=1e-6, atol=1e-6, msg=isa)
+            finally:
+                set_kernel_isa(None)
 
 
 @pytest.mark.parametrize("arch", SMALL_ARCHS)
@@ -70,11 +229,11 @@ def test_packed_weights_that_do_not_fit_are_refused() -> None:
 @pytest.mark.parametrize("checkpoint_id", BINARY_RELEASES)
 def test_released_bnn_inference_form_on_its_whole_test_split(checkpoint_id: str) -> None:
     model = zoo.from_pretrained(checkpoint_id)
-    fast = zoo.to_inference(model)
+    fast = zoo.to_inference(model, fold_bn=False)
     spec = dataset_spec(load_manifest()[checkpoint_id]["metrics"]["dataset"])
     images, _ = to_tensors(load_dataset(spec.name, "test"), spec)
     ref = predict_logits(model, images, spec.mean, spec.std)
     out = predict_logits(fast, images, spec.mean, spec.std)
-    assert torch.equal(out, ref)  # the default (layout-keeping) inference form is bit-exact
-    fast_cl = zoo.to_inference(model, channels_last=True)
-    assert torch.equal(predict_logits(fast_cl, images, spec.mean, spec.std).argmax(1), ref.argmax(1))
+    assert torch.equal(out, ref)  # the unfolded, layout-keeping inference form is bit-exact
+    for folded in (zoo.to_inference(model), zoo.to_inference(model, channels_last=True)):
+        assert torch.equal(predict_logits(folded, images, spec.mean, spec.std).argmax(1), ref.argmax(1))

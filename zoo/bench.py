@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -68,6 +69,21 @@ def median_ms(fn, repeats: int, sync=None) -> float:
     return 1e3 * statistics.median(times)
 
 
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each ``fns[name]()`` in milliseconds, timed in turns (one call of each per round, after a
+    short warm-up) so that load from other processes falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(max(2, repeats // 10)):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def _cpu_description() -> tuple[str, list[str]]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -108,20 +124,26 @@ def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, A
 
     bnn = timm.create_model("resnet18_sdbnn").eval()
     fast, dense = to_inference(bnn, channels_last=True), torchvision.models.resnet18().eval()
+    unfolded = to_inference(bnn, channels_last=True, fold_bn=False)
     dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
     rows = []
-    name = "resnet18_sdbnn packed"
+    name = "resnet18_sdbnn packed, BN folded"
     for batch in batches:
         x = torch.randn(batch, 3, 224, 224)
         n = max(3, repeats // (4 * batch))
         with torch.inference_mode():
-            t_fast = median_ms(lambda x=x: fast(x), n)
-            baselines = {
-                "torchvision resnet18 fp32 (NCHW)": median_ms(lambda x=x: dense(x), n),
-                "torchvision resnet18 fp32 (channels_last)": median_ms(lambda x=x: dense_cl(x), n),
-                "same BNN, fake-quant": median_ms(lambda x=x: bnn(x), n),
-            }
-        rows += [_row("end-to-end 224x224", name, batch, t_fast, label, ms) for label, ms in baselines.items()]
+            times = interleaved_median_ms(
+                {
+                    name: lambda x=x: fast(x),
+                    "same BNN packed, BN not folded": lambda x=x: unfolded(x),
+                    "torchvision resnet18 fp32 (NCHW)": lambda x=x: dense(x),
+                    "torchvision resnet18 fp32 (channels_last)": lambda x=x: dense_cl(x),
+                    "same BNN, fake-quant": lambda x=x: bnn(x),
+                },
+                n,
+            )
+        t_fast = times.pop(name)
+        rows += [_row("end-to-end 224x224", name, batch, t_fast, label, ms) for label, ms in times.items()]
     return rows
 
 

@@ -3,9 +3,10 @@
 ``to_inference(model)`` replaces every binary convolution by a :class:`PackedBinaryConv2d` holding its weight
 signs packed once (64 per int64 word, OHWI along input channels; SD-BNN's weight self-distribution shift is
 folded in, since only the sign of the shifted weight matters). SD-BNN's activation self-distribution becomes
-the packer's per-sample, per-channel threshold: sign(a + s) = 1 exactly when a >= -s. Everything else (BN,
-activations, shortcuts, the full-precision stem and head) stays as it is, so the inference form computes the
-same function as the fake-quant model.
+the packer's per-sample, per-channel threshold: sign(a + s) = 1 exactly when a >= -s. An eval-mode BatchNorm that
+reads only a binary conv's output (a pair its block declares in ``conv_bn_pairs``) is folded into the kernel's
+epilogue as a per-channel scale and bias; everything else (other BNs, activations, shortcuts, the full-precision stem
+and head) stays as it is, so the inference form computes the same function as the fake-quant model.
 
 Checkpoints store binary weights the same way (``<conv>.weight_packed``); :func:`unpack_binary_weights` turns
 them back into exact ±1 tensors when a model is built for training or fine-tuning.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ShapeMismatchError
@@ -27,7 +29,11 @@ PACKED_SUFFIX = ".weight_packed"
 
 
 class PackedBinaryConv2d(nn.Module):
-    """A binary convolution on packed weights (inference only, no autograd)."""
+    """A binary convolution on packed weights (inference only, no autograd).
+
+    After :meth:`fold_batchnorm` it also applies that BN's eval-mode affine (buffers ``bn_scale``, ``bn_bias``) in
+    the kernel's epilogue.
+    """
 
     binary = True
 
@@ -40,6 +46,18 @@ class PackedBinaryConv2d(nn.Module):
         self.asd: ActivationSelfDistribution | None = copy.deepcopy(getattr(conv, "asd", None))
         with torch.no_grad():
             self.register_buffer("weight_packed", pack_weights(conv.binary_weight()))
+        self.register_buffer("bn_scale", None)
+        self.register_buffer("bn_bias", None)
+
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> bool:
+        """Apply ``bn``'s eval-mode affine to this conv's output from now on; False, changing nothing, when it cannot
+        be folded (a BN already folded here, ``bn`` in training mode or without running statistics, not float32,
+        another width, or non-finite terms)."""
+        terms = batchnorm_affine(bn) if self.bn_scale is None else None
+        if terms is None or terms[0].shape != (self.out_channels,):
+            return False
+        self.bn_scale, self.bn_bias = terms
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         threshold = -self.asd(x)[:, :, 0, 0] if self.asd is not None else None
@@ -53,18 +71,70 @@ class PackedBinaryConv2d(nn.Module):
             stride=self.stride,
             padding=self.padding,
             threshold=threshold,
+            scale=self.bn_scale,
+            bias=self.bn_bias,
         )
         return out.contiguous(memory_format=layout)  # keep the model's layout: the float ops after it round alike
 
     def extra_repr(self) -> str:
         k, s, p = self.kernel_size, self.stride, self.padding
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={k}, stride={s}, padding={p}, packed"
+        folded = ", bn folded" if self.bn_scale is not None else ""
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={k}, stride={s}, padding={p}, packed{folded}"
 
 
-def to_inference(model: nn.Module, channels_last: bool = False) -> nn.Module:
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, bias) with ``bn(x) == x * scale + bias`` per channel, or None unless ``bn`` is a float32 BatchNorm2d in
+    eval mode with running statistics and finite terms.
+
+    scale = weight / sqrt(running_var + eps), bias = bias - running_mean * scale, read off the BN itself (eval at
+    x = 1 with zero mean and bias, and at x = 0) so that they carry the rounding of PyTorch's own BN kernel.
+    """
+    if type(bn) is not nn.BatchNorm2d or bn.training or bn.running_mean is None or bn.running_var is None:
+        return None
+    if any(t is not None and t.dtype is not torch.float32 for t in (bn.weight, bn.bias, bn.running_var)):
+        return None
+    one, zero = bn.running_var.new_ones(1, bn.num_features, 1, 1), bn.running_var.new_zeros(1, bn.num_features, 1, 1)
+    zeros = zero.flatten()
+    with torch.no_grad():
+        scale = F.batch_norm(one, zeros, bn.running_var, bn.weight, zeros, False, 0.0, bn.eps).flatten()
+        bias = F.batch_norm(zero, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps).flatten()
+    if not (scale.isfinite().all() and bias.isfinite().all()):
+        return None
+    return scale, bias
+
+
+def _fold_batchnorms(model: nn.Module) -> None:
+    """Fold each BN a block declares in ``conv_bn_pairs`` into its packed conv and put an Identity in its place.
+
+    ``conv_bn_pairs`` (names of (conv, BN) children) is the block's promise that the BN's input is exactly the conv's
+    output and that nothing else reads that output; blocks without it keep their BNs. Hooks on either module would
+    see different tensors after folding, so such pairs stay unfolded too.
+    """
+    for module in model.modules():
+        for conv_name, bn_name in getattr(module, "conv_bn_pairs", ()):
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if not isinstance(conv, PackedBinaryConv2d) or _has_hooks(conv) or bn is None or _has_hooks(bn):
+                continue
+            if conv.fold_batchnorm(bn):
+                setattr(module, bn_name, nn.Identity())
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = True) -> nn.Module:
     """A copy of ``model`` in eval mode whose binary convolutions run on packed weights.
 
-    By default the copy keeps the model's layout and its logits equal the fake-quant model's bit for bit.
+    ``fold_bn=True`` (default) folds each eval-mode BatchNorm that directly follows a binary conv (the pairs its block
+    declares in ``conv_bn_pairs``) into the kernel's epilogue, ``fma(conv, scale, bias)`` with the scale and bias
+    PyTorch's BN computes, and puts an ``nn.Identity`` in its place: one pass over the output instead of two. That
+    rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then the folded form is
+    bit-exact as well), otherwise it rounds twice and the two agree to float32 rounding (the tests allow
+    rtol = atol = 1e-5 on the logits), so an activation within an ulp of a sign threshold may flip.
+
+    With ``fold_bn=False`` (every BN kept) the copy keeps the model's layout and its logits equal the fake-quant
+    model's bit for bit.
     ``channels_last=True`` is faster on CPUs (pooling, BN and activations run fastest in it, and it is the
     kernels' native output); its float ops round differently, so an activation within an ulp of zero may take
     the other sign (predictions agreed on all 10,000 Fashion-MNIST test images of the released BNNs).
@@ -74,6 +144,8 @@ def to_inference(model: nn.Module, channels_last: bool = False) -> nn.Module:
         for child_name, child in list(module.named_children()):
             if isinstance(child, BinaryConv2d):
                 setattr(module, child_name, PackedBinaryConv2d(child))
+    if fold_bn:
+        _fold_batchnorms(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

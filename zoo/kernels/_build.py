@@ -1,14 +1,17 @@
 """Just-in-time build and cached loading of the C++ CPU kernels (``torch.utils.cpp_extension.load``).
 
-The extension is compiled once per torch version and Python ABI into
-``$ZOO_KERNEL_CACHE/<torch version>/<python tag>`` (default ``~/.cache/compressed-cnn-zoo/kernels``) and reused
-from there; ``cpp_extension`` rebuilds it only when the sources or flags change, and a file lock in the build
-directory serialises concurrent builds from several processes. One build runs on every x86-64 CPU: the AVX-512
+The extension is compiled once per torch version, Python ABI and source version into
+``$ZOO_KERNEL_CACHE/<torch version>/<python tag>/cpu-<hash of the sources and flags>`` (default cache
+``~/.cache/compressed-cnn-zoo/kernels``) and reused from there. The hash keys the build on the sources' content, not
+their timestamps: an edited kernel never loads a stale build, and checkouts of different versions sharing one cache do
+not rebuild over each other (or over a library another process has loaded). A file lock in the build directory
+serialises concurrent builds from several processes. One build runs on every x86-64 CPU: the AVX-512
 and AVX2 code is compiled per function (``__attribute__((target(...)))``) and picked at run time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -35,6 +38,20 @@ def cache_dir() -> Path:
     return Path(base) / torch.__version__ / tag
 
 
+def source_key() -> str:
+    """A short hash of the kernel sources' bytes and the compiler flags (raises if a source is missing)."""
+    digest = hashlib.sha256()
+    for source in _SOURCES:
+        digest.update(Path(source).read_bytes())
+    digest.update(" ".join(_CFLAGS).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_dir() -> Path:
+    """Where the CPU extension is built: ``<cache_dir()>/cpu-<source_key()>``."""
+    return cache_dir() / f"cpu-{source_key()}"
+
+
 def kernels_disabled() -> bool:
     """``ZOO_DISABLE_KERNELS=1`` (or true/yes/on) forces the pure-PyTorch fallback."""
     return os.environ.get("ZOO_DISABLE_KERNELS", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -45,14 +62,14 @@ def _build() -> ModuleType:
         raise RuntimeError(f"the CPU kernel targets x86-64 Linux, this is {sys.platform}/{os.uname().machine}")
     from torch.utils.cpp_extension import load
 
-    build_dir = cache_dir()
-    build_dir.mkdir(parents=True, exist_ok=True)
+    out = build_dir()
+    out.mkdir(parents=True, exist_ok=True)
     return load(
         name=_NAME,
         sources=[str(s) for s in _SOURCES],
         extra_cflags=_CFLAGS,
         extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
+        build_directory=str(out),
         verbose=os.environ.get("ZOO_KERNEL_VERBOSE", "") == "1",
     )
 

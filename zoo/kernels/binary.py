@@ -5,6 +5,10 @@ sign has the zoo's tie rule (``v >= 0 -> +1``, else ``-1``; ``-0.0 -> +1``, NaN 
 zero-padded (a padding tap contributes 0, not +-1), no scaling factors, ``groups = 1``, ``dilation = 1``. The result
 is float32 (small integers, exact), in channels_last memory format from the C++ kernel.
 
+Epilogue affine: ``binary_conv2d(..., scale=s, bias=b)`` returns ``conv * s[:, None, None] + b[:, None, None]``
+(float32 ``[O]`` each, e.g. a folded eval-mode BatchNorm) in the same pass over the output, rounded once per element
+(a fused multiply-add: the C++ paths agree bit for bit). Without them the result is the exact conv as above.
+
 Bit layout (int64 tensors holding uint64 words; channel ``c`` is bit ``c % 64`` of word ``c // 64``, 1 <-> +1, the
 bits past the channel count are 0):
 
@@ -318,13 +322,20 @@ def binary_conv2d(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     threshold: torch.Tensor | float | None = None,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.conv2d(sign(x - threshold), unpack_weights(packed_weight), stride=stride, padding=padding)``, zero padding.
+    """``F.conv2d(sign(x - threshold), unpack_weights(packed_weight), stride=stride, padding=padding)``, zero padding,
+    times ``scale`` plus ``bias`` per output channel when given.
 
     ``x`` is a real ``(N, C, H, W)`` tensor (any strides) or packed activations ``[N, H, W, CW]`` from
     :func:`pack_activations`; ``packed_weight`` comes from :func:`pack_weights`. Returns float32 (channels_last
     memory format from the C++ kernel). Any kernel size, stride >= 1 and padding >= 0 (per dimension) are supported;
     ``dilation != 1``, ``groups != 1`` and string paddings raise NotImplementedError. Inference only (no autograd).
+
+    ``scale`` and ``bias``: float32 tensors of shape ``[out_channels]`` on ``x``'s device (either may be omitted:
+    ones / zeros), applied in the kernel's epilogue as ``fma(conv, scale[o], bias[o])``; the fallback computes the same
+    single rounding in float64. A wrong type, dtype, shape or device raises TypeError / ValueError.
     """
     kh, kw, sh, sw, ph, pw = conv_geometry(
         packed_weight, out_channels, in_channels, kernel_size, stride, padding, dilation, groups
@@ -347,18 +358,58 @@ def binary_conv2d(
     if h + 2 * ph < kh or w + 2 * pw < kw:
         raise ValueError(f"input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
 
+    scale, bias = _affine_terms(scale, bias, out_channels, x.device)
     tau = None if packed_input or threshold is None else _threshold_tensor(x, threshold)
     if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
-        return cuda_kernels.cuda_binary_conv2d(
+        out = cuda_kernels.cuda_binary_conv2d(
             x, packed_weight, out_channels, in_channels, (kh, kw), (sh, sw), (ph, pw), threshold=threshold
         )
+        return _apply_affine(out, scale, bias)
     ext, code = _select()
     if ext is not None and x.is_cpu and packed_weight.is_cpu:
         blocked = _blocked_weights(ext, packed_weight)
-        return ext.binary_conv2d(x.detach(), tau, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code)
+        return ext.binary_conv2d(
+            x.detach(), tau, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code, scale, bias
+        )
 
     # Pure-PyTorch fallback: the same ±1 operands through F.conv2d (exact: integer sums far below 2^24).
     xb = unpack_activations(x, in_channels) if packed_input else _torch_bits(x.detach(), tau).to(torch.float32) * 2 - 1
     wb = unpack_weights(packed_weight.to(xb.device), (out_channels, in_channels, kh, kw))
     with torch.no_grad():
-        return F.conv2d(xb, wb, None, (sh, sw), (ph, pw))
+        return _apply_affine(F.conv2d(xb, wb, None, (sh, sw), (ph, pw)), scale, bias)
+
+
+def _affine_terms(
+    scale: torch.Tensor | None, bias: torch.Tensor | None, out_channels: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The epilogue's (scale, bias), detached, after checking each is None or float32 ``[out_channels]`` on device."""
+    terms = []
+    for name, t in (("scale", scale), ("bias", bias)):
+        if t is not None:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a float32 tensor of shape [{out_channels}] or None, got {type(t)}")
+            if t.dtype is not torch.float32:
+                raise ValueError(f"{name} must be float32 (the kernels' output dtype), got {t.dtype}")
+            if tuple(t.shape) != (out_channels,):
+                raise ValueError(f"{name} must have shape [out_channels] = [{out_channels}], got {tuple(t.shape)}")
+            if t.device != device:
+                raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+            t = t.detach()
+        terms.append(t)
+    return terms[0], terms[1]
+
+
+def _apply_affine(out: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out * scale + bias`` per channel, rounded once to float32 like the kernels' FMA.
+
+    The product of a conv sum (an integer below 2^24) and a float32 is exact in float64, so only the sum rounds
+    (to float64, then float32: a double rounding that can differ from the FMA about once in 2^29 elements).
+    """
+    if scale is None and bias is None:
+        return out
+    y = out.double()
+    if scale is not None:
+        y = y * scale.double()[:, None, None]
+    if bias is not None:
+        y = y + bias.double()[:, None, None]
+    return y.float()

@@ -50,6 +50,10 @@ def binary_conv_layer(method: str) -> Callable[..., nn.Module]:
 class BinaryBasicBlock(nn.Module):
     """Two binary 3×3 convs, each followed by BN, its own shortcut and Hardtanh."""
 
+    #: (conv, BN) children whose BN reads exactly the conv's output, and nothing else does: ``zoo.to_inference``
+    #: folds these BNs into the packed convs' epilogue.
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, in_chs: int, out_chs: int, stride: int, conv_layer: Callable[..., nn.Module]) -> None:
         super().__init__()
         self.conv1 = conv_layer(in_chs, out_chs, 3, stride, 1)

@@ -81,6 +81,10 @@ class DownsampleShortcut(nn.Sequential):
 class BiRealBlock(nn.Module):
     """One binary 3×3 conv → BN → + shortcut → PReLU."""
 
+    #: (conv, BN) children whose BN reads exactly the conv's output, and nothing else does: ``zoo.to_inference``
+    #: folds these BNs into the packed convs' epilogue.
+    conv_bn_pairs = (("conv", "bn"),)
+
     def __init__(self, in_chs: int, out_chs: int, stride: int, conv_layer: Callable[..., nn.Module]) -> None:
         super().__init__()
         self.conv = conv_layer(in_chs, out_chs, 3, stride, 1)

@@ -43,6 +43,10 @@ RECOVERY_RATIO = 20  # CIRec's s in the reference's CIFAR ResNet-18
 class BinaryResNet18Block(nn.Module):
     """Two binary 3×3 convs with BN; one shortcut around both (FP 1×1 conv + BN where the shape changes)."""
 
+    #: (conv, BN) children whose BN reads exactly the conv's output, and nothing else does: ``zoo.to_inference``
+    #: folds these BNs into the packed convs' epilogue.
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, in_chs: int, out_chs: int, stride: int, conv_layer: Callable[..., nn.Module]) -> None:
         super().__init__()
         self.conv1 = conv_layer(in_chs, out_chs, 3, stride, 1)

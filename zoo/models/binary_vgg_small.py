@@ -74,6 +74,8 @@ class BinaryVggBlock(nn.Module):
         self.pool = nn.MaxPool2d(2, 2) if pool else nn.Identity()
         self.bn = nn.BatchNorm2d(out_chs)
         self.act = nn.Hardtanh()
+        # (conv, BN) whose BN reads exactly the conv's output, for zoo.to_inference's folding: not across a max-pool.
+        self.conv_bn_pairs = () if pool else (("conv", "bn"),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.pool(self.conv(x))))

@@ -16,6 +16,8 @@
 // 0 ^ w = w, so the kernel subtracts popcount(w) of every padding tap again and counts C only for valid taps:
 //   out = C * valid_taps - 2 * (sum_all_taps popcount(a ^ w) - sum_padding_taps popcount(w)).
 // The result is an integer, converted exactly to float32 (|out| <= C*KH*KW < 2^24 for every real layer).
+// Optional epilogue affine (a folded eval-mode BatchNorm): out = fma(out, scale[o], bias[o]), one rounding, the same
+// in every code path (AVX-512 and AVX2 use FMA instructions, the scalar path std::fma).
 //
 // The conv is an indirect GEMM: M = N*OH*OW output pixels x O output channels x K words. A tile is MR pixels (a
 // table of per-tap pointers into the packed NHWC input, or to a zero run for padding taps) x NB output channels
@@ -29,13 +31,14 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #define ZOO_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq")))
-#define ZOO_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#define ZOO_TARGET_AVX2 __attribute__((target("avx2,fma,popcnt")))
 
 namespace {
 
@@ -46,7 +49,7 @@ enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3 };
 bool cpu_has_avx2() {
   static const bool v = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
   }();
   return v;
 }
@@ -69,7 +72,7 @@ int64_t resolve_isa(int64_t isa) {
               "zoo binary kernel: the AVX-512 VPOPCNTDQ path was requested but this CPU lacks avx512f/avx512bw/"
               "avx512vpopcntdq");
   TORCH_CHECK(isa != kAvx2 || cpu_has_avx2(),
-              "zoo binary kernel: the AVX2 path was requested but this CPU lacks avx2/popcnt");
+              "zoo binary kernel: the AVX2 path was requested but this CPU lacks avx2/fma/popcnt");
   return isa;
 }
 
@@ -405,6 +408,8 @@ struct Geom {
   const u64* wb;
   const u64* zero;
   float* out;
+  const float* scale;  // per-output-channel epilogue affine, or nullptr (then bias is nullptr too)
+  const float* bias;
   const int64_t* tapoff;
   int64_t N, H, W, CW, C, O, KH, KW, sh, sw, ph, pw, OH, OW, M, T, K, NB, nOB, G, nPB;
 };
@@ -463,7 +468,14 @@ inline void store_pixel(const Geom& g, const u64* const* pj, int64_t nvalid, boo
   const int64_t cnt = std::min<int64_t>(nl, g.O - o0);
   float* op = g.out + p * g.O + o0;
   const int64_t full = g.C * nvalid;
-  for (int64_t l = 0; l < cnt; ++l) op[l] = static_cast<float>(full - 2 * static_cast<int64_t>(acc[l]));
+  if (g.scale == nullptr) {
+    for (int64_t l = 0; l < cnt; ++l) op[l] = static_cast<float>(full - 2 * static_cast<int64_t>(acc[l]));
+    return;
+  }
+  const float* sc = g.scale + o0;
+  const float* bi = g.bias + o0;
+  for (int64_t l = 0; l < cnt; ++l)
+    op[l] = std::fma(static_cast<float>(full - 2 * static_cast<int64_t>(acc[l])), sc[l], bi[l]);
 }
 
 // ---- scalar path --------------------------------------------------------------------------------------------------
@@ -572,6 +584,10 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
 
 // ---- AVX-512 VPOPCNTDQ path: MR pixels x NV zmm (8 output channels each) of 64-bit popcount accumulators -------
 
+inline __mmask16 lane_mask16(int64_t lanes) {
+  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(lanes > 0 ? (1u << lanes) - 1 : 0);
+}
+
 template <int NV>
 constexpr int avx512_mr() {
   return NV == 4 ? 6 : 8;
@@ -614,9 +630,19 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
           }
         }
       }
-      // Epilogue: padding correction, out = C * valid_taps - 2 * popcount, exact int -> float32, NHWC store.
+      // Epilogue: padding correction, out = C * valid_taps - 2 * popcount, exact int -> float32, [affine], NHWC store.
       const u64* wpop = wblk + g.K * NB;
       const int64_t o0 = ob * NB, ocount = std::min<int64_t>(NB, g.O - o0);
+      constexpr int NH = (NV + 1) / 2;  // 16-lane float vectors per pixel
+      __m512 sc[NH], bi[NH];
+#pragma GCC unroll 2
+      for (int h = 0; h < NH; ++h) {
+        sc[h] = bi[h] = _mm512_setzero_ps();
+        if (g.scale == nullptr) continue;
+        const __mmask16 m = lane_mask16(ocount - 16 * h);
+        sc[h] = _mm512_maskz_loadu_ps(m, g.scale + o0 + 16 * h);
+        bi[h] = _mm512_maskz_loadu_ps(m, g.bias + o0 + 16 * h);
+      }
 #pragma GCC unroll 8
       for (int j = 0; j < MR; ++j) {
         const int64_t p = pb * MR + j;
@@ -636,12 +662,13 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
         for (int v = 0; v < NV; v += 2) {
           __m512i a32 = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[j][v]));
           if (v + 1 < NV) a32 = _mm512_inserti64x4(a32, _mm512_cvtepi64_epi32(acc[j][v + 1 < NV ? v + 1 : v]), 1);
-          const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(full, _mm512_slli_epi32(a32, 1)));
+          __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(full, _mm512_slli_epi32(a32, 1)));
+          if (g.scale != nullptr) f = _mm512_fmadd_ps(f, sc[v / 2], bi[v / 2]);
           const int64_t lanes = ocount - 8 * v;
           if (lanes >= 16)
             _mm512_storeu_ps(op + 8 * v, f);
           else if (lanes > 0)
-            _mm512_mask_storeu_ps(op + 8 * v, static_cast<__mmask16>((1u << lanes) - 1), f);
+            _mm512_mask_storeu_ps(op + 8 * v, lane_mask16(lanes), f);
         }
       }
     }
@@ -653,8 +680,30 @@ int pixel_block(int64_t isa, int64_t NB) {
   return isa == kAvx2 ? kAvx2MR : kScalarMR;
 }
 
+// Epilogue affine: none, or float32 [O] scale and bias (a missing one becomes ones / zeros), contiguous on the CPU.
+struct Affine {
+  torch::Tensor scale, bias;
+};
+
+torch::Tensor affine_term(const std::optional<torch::Tensor>& t, const char* name, int64_t O, double fill) {
+  if (!t.has_value()) return torch::full({O}, fill, torch::dtype(torch::kFloat));
+  TORCH_CHECK(t->device().is_cpu(), "zoo binary kernel: ", name, " must be a CPU tensor, got ", t->device());
+  TORCH_CHECK(t->scalar_type() == torch::kFloat, "zoo binary kernel: ", name, " must be float32, got ",
+              t->scalar_type());
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == O, "zoo binary kernel: ", name, " must have shape [out_channels] = [",
+              O, "], got ", t->sizes());
+  return t->contiguous();
+}
+
+Affine prepare_affine(const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
+                      int64_t O) {
+  if (!scale.has_value() && !bias.has_value()) return {};
+  return {affine_term(scale, "scale", O, 1.0), affine_term(bias, "bias", O, 0.0)};
+}
+
 torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH,
-                          int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t isa) {
+                          int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t isa,
+                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias) {
   TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kLong && act.device().is_cpu(),
               "zoo binary kernel: packed activations must be a CPU int64 tensor [N, H, W, CW]");
   TORCH_CHECK(wblocked.dim() == 3 && wblocked.scalar_type() == torch::kLong && wblocked.device().is_cpu(),
@@ -669,6 +718,7 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
               "zoo binary kernel: blocked weights ", wblocked.sizes(), " do not match O=", O, " C=", C, " kernel ", KH,
               "x", KW, " (expected [", nOB, ", ", K + T, ", ", NB, "])");
   TORCH_CHECK(C * T < (int64_t{1} << 30), "zoo binary kernel: in_channels*KH*KW must be < 2^30, got ", C * T);
+  const Affine affine = prepare_affine(scale, bias, O);
   isa = resolve_isa(isa);
   const torch::Tensor a = act.contiguous();
   const torch::Tensor wb = wblocked.contiguous();
@@ -691,6 +741,8 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   g.wb = reinterpret_cast<const u64*>(wb.data_ptr<int64_t>());
   g.zero = zero.data();
   g.out = out.data_ptr<float>();
+  g.scale = affine.scale.defined() ? affine.scale.data_ptr<float>() : nullptr;
+  g.bias = affine.bias.defined() ? affine.bias.data_ptr<float>() : nullptr;
   g.tapoff = tapoff.data();
   g.N = N;
   g.H = H;
@@ -745,18 +797,19 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   return out.permute({0, 3, 1, 2});
 }
 
-// Fused sign-and-pack + conv. x: float (N, C, H, W) of any strides, or already packed int64 [N, H, W, CW].
+// Fused sign-and-pack + conv [+ affine]. x: float (N, C, H, W) of any strides, or already packed int64 [N, H, W, CW].
 torch::Tensor binary_conv2d(const torch::Tensor& x, const std::optional<torch::Tensor>& threshold,
                             const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH, int64_t KW, int64_t sh,
-                            int64_t sw, int64_t ph, int64_t pw, int64_t isa) {
+                            int64_t sw, int64_t ph, int64_t pw, int64_t isa, const std::optional<torch::Tensor>& scale,
+                            const std::optional<torch::Tensor>& bias) {
   isa = resolve_isa(isa);
   if (x.scalar_type() == torch::kLong) {
     TORCH_CHECK(!threshold.has_value(), "zoo binary kernel: a threshold cannot be applied to packed activations");
-    return conv_packed(x, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa);
+    return conv_packed(x, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias);
   }
   check_activation(x);
   TORCH_CHECK(x.size(1) == C, "zoo binary kernel: input has ", x.size(1), " channels, in_channels=", C);
-  return conv_packed(pack_activations(x, threshold, isa), wblocked, O, C, KH, KW, sh, sw, ph, pw, isa);
+  return conv_packed(pack_activations(x, threshold, isa), wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias);
 }
 
 std::vector<std::string> available_isas() {
@@ -776,9 +829,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_weights", &block_weights, "packed"_a, nogil);
   m.def("pack_activations", &pack_activations, "x"_a, "threshold"_a, "isa"_a, nogil);
   m.def("conv_packed", &conv_packed, "act"_a, "wblocked"_a, "out_channels"_a, "in_channels"_a, "kh"_a, "kw"_a,
-        "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
+        "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, "scale"_a = pybind11::none(), "bias"_a = pybind11::none(), nogil);
   m.def("binary_conv2d", &binary_conv2d, "x"_a, "threshold"_a, "wblocked"_a, "out_channels"_a, "in_channels"_a,
-        "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
+        "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, "scale"_a = pybind11::none(),
+        "bias"_a = pybind11::none(), nogil);
   m.def("best_isa", [] { return isa_name(best_isa()); });
   m.def("available_isas", &available_isas);
   m.def("isa_code", [](const std::string& name) -> int64_t {
