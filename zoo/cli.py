@@ -21,8 +21,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def _list_rows() -> list[dict[str, Any]]:
     from zoo.registry import load_manifest
 
+    manifest = load_manifest()
     rows = []
-    for cid, e in sorted(load_manifest().items()):
+    for cid, e in sorted(manifest.items()):
         comp = e["compression"]
         rows.append({
             "id": cid,
@@ -34,8 +35,20 @@ def _list_rows() -> list[dict[str, Any]]:
             "size": f"{e['file_size'] / 1e6:.2f}MB",
             "top-1": f"{e['metrics']['top1']:.2f}",
             "dataset": e["metrics"]["dataset"],
+            "vs dense parent": _versus_parent(e, manifest.get(comp.get("dense_parent") or "")),
         })  # fmt: skip
     return rows
+
+
+def _versus_parent(entry: dict[str, Any], parent: dict[str, Any] | None) -> str:
+    """E.g. ``resnet56.fmnist: FLOPs -50%, params -49%, top-1 -0.31``; empty for models without a parent."""
+    if parent is None:
+        return ""
+    comp, base = entry["compression"], parent["compression"]
+    flops = (comp["flops"] + comp["bops"] / 64) / (base["flops"] + base["bops"] / 64) - 1
+    params = comp["params"] / base["params"] - 1
+    top1 = entry["metrics"]["top1"] - parent["metrics"]["top1"]
+    return f"{parent['id']}: OPs {flops:+.0%}, params {params:+.0%}, top-1 {top1:+.2f}"
 
 
 def cmd_list(args: argparse.Namespace) -> None:
