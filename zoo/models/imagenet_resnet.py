@@ -17,9 +17,9 @@ inside a block, which no shortcut sees. One entry per block, in network order (8
 
 - ``inner_widths``: the output width of each block's ``conv1`` (= the input width of its ``conv2``). For a basic
   block this is its one prunable width (ACP's ResNet-18/34 dimension); the same argument and meaning as the CIFAR
-  ResNets', so :mod:`zoo.prune` (``inner_widths``, ``apply_plan``, ``pruned_model_args``) handles basic blocks too
-  (their ``se`` is an identity slot, where UCP's ImageNet code gates the inner channels). Bottlenecks, with two
-  coupled widths, are not in :mod:`zoo.prune` yet.
+  ResNets', so :mod:`zoo.prune` (``apply_plan``, ``pruned_model_args``) handles basic blocks too (their ``se`` is
+  an identity slot, where UCP's ImageNet code gates the inner channels). A bottleneck has two prunable layers in
+  :mod:`zoo.prune.layers`: conv1 (``inner_widths``), then conv2 (``mid_widths``).
 - ``mid_widths`` (bottleneck only): the output width of each bottleneck's middle 3×3 ``conv2`` (= the input width of
   its ``conv3``): UCP's pruned width. ACP prunes conv1 and conv2 of a bottleneck to one shared value: pass the
   same list as both. Default: the dense widths (``planes``), whatever ``inner_widths`` is.

@@ -9,7 +9,8 @@ from torch import nn
 
 from zoo.measure import count_macs
 from zoo.prune.apply import apply_plan
-from zoo.prune.plan import PrunePlan, inner_widths, scaled_widths
+from zoo.prune.layers import layer_widths
+from zoo.prune.plan import PrunePlan, scaled_widths
 
 
 def flops_at_widths(model: nn.Module, widths: Sequence[int], input_size: tuple[int, int, int]) -> int:
@@ -27,7 +28,7 @@ def widths_for_reduction(
     """
     if not 0.0 <= reduction < 1.0:
         raise ValueError(f"a FLOPs reduction must be in [0, 1), got {reduction}")
-    widths = inner_widths(model)
+    widths = layer_widths(model)
     if reduction == 0.0:
         return widths
     dense = count_macs(model, input_size)["flops"]

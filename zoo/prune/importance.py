@@ -1,4 +1,4 @@
-"""Channel-importance criteria: one score per inner channel of every prunable block, higher = keep."""
+"""Channel-importance criteria: one score per channel of every prunable layer (``zoo.prune.layers``), higher = keep."""
 
 from __future__ import annotations
 
@@ -7,26 +7,25 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from zoo.nn.mseb import MSEB
-from zoo.prune.plan import prunable_blocks
+from zoo.prune.layers import PrunableLayer, prunable_layers
 
 
 def l1_filter_norm(model: nn.Module) -> list[torch.Tensor]:
-    """Li et al.'s criterion: the L1 norm of each first-conv filter."""
-    return [block.conv1.weight.detach().abs().sum(dim=(1, 2, 3)).cpu() for block in prunable_blocks(model)]
+    """Li et al.'s criterion: the L1 norm of each filter of the layer's conv."""
+    return [layer.conv.weight.detach().abs().sum(dim=(1, 2, 3)).cpu() for layer in prunable_layers(model)]
 
 
 def bn_scale(model: nn.Module) -> list[torch.Tensor]:
-    """Network-slimming's criterion: |gamma| of the BN that follows the first conv."""
-    return [block.bn1.weight.detach().abs().cpu() for block in prunable_blocks(model)]
+    """Network-slimming's criterion: |gamma| of the BN that follows the layer's conv."""
+    return [layer.norm.weight.detach().abs().cpu() for layer in prunable_layers(model)]
 
 
 @torch.no_grad()
 def _average_over_batches(
-    model: nn.Module, batches: Iterable[torch.Tensor], read: Callable[[nn.Module], torch.Tensor]
+    model: nn.Module, batches: Iterable[torch.Tensor], read: Callable[[PrunableLayer], torch.Tensor]
 ) -> list[torch.Tensor]:
-    """Per block, the mean over all images of ``read(block)`` (a (B, ...) tensor set by the forward)."""
-    blocks = prunable_blocks(model)
+    """Per prunable layer, the mean over all images of ``read(layer)`` (a (B, ...) tensor set by the forward)."""
+    layers = prunable_layers(model)
     was_training = model.training
     model.eval()
     sums: list[torch.Tensor] | None = None
@@ -34,7 +33,7 @@ def _average_over_batches(
     try:
         for images in batches:
             model(images)
-            values = [read(block).sum(dim=0).double() for block in blocks]
+            values = [read(layer).sum(dim=0).double() for layer in layers]
             sums = values if sums is None else [s + v for s, v in zip(sums, values, strict=True)]
             seen += len(images)
     finally:
@@ -45,25 +44,25 @@ def _average_over_batches(
 
 
 def mean_gates(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """UCP's criterion: the MSEB gate of each inner channel, averaged over the images."""
-    if not all(isinstance(block.se, MSEB) for block in prunable_blocks(model)):
-        raise TypeError("mean_gates needs the SE-augmented parent (every block with an MSEB: mseb=True)")
-    return _average_over_batches(model, batches, lambda block: block.se.last_gates)
+    """UCP's criterion: the MSEB gate of each channel, averaged over the images."""
+    if any(layer.gate is None for layer in prunable_layers(model)):
+        raise TypeError("mean_gates needs the SE-augmented parent (an MSEB gating every prunable layer: mseb=True)")
+    return _average_over_batches(model, batches, lambda layer: layer.gate.last_gates)
 
 
 def mean_feature_maps(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """ACP's input to clustering: each block's first-conv output (before BN), averaged over the images.
+    """ACP's input to clustering: each prunable layer's conv output (before BN), averaged over the images.
 
-    Returns one (C, H*W) matrix per block: every channel is a point in R^{HW}.
+    Returns one (C, H*W) matrix per layer: every channel is a point in R^{HW}.
     """
     captured: dict[nn.Module, torch.Tensor] = {}
 
     def keep_output(conv: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         captured[conv] = output.detach().flatten(2)
 
-    handles = [block.conv1.register_forward_hook(keep_output) for block in prunable_blocks(model)]
+    handles = [layer.conv.register_forward_hook(keep_output) for layer in prunable_layers(model)]
     try:
-        return _average_over_batches(model, batches, lambda block: captured[block.conv1])
+        return _average_over_batches(model, batches, lambda layer: captured[layer.conv])
     finally:
         for handle in handles:
             handle.remove()

@@ -10,5 +10,5 @@ from zoo.prune.plan import PrunePlan, keep_top
 
 
 def l1_plan(model: nn.Module, flops_reduction: float, input_size: tuple[int, int, int]) -> PrunePlan:
-    """Cut every block's inner width by the same ratio, reaching ``flops_reduction``; keep top-L1 filters."""
+    """Cut every prunable layer by the same ratio, reaching ``flops_reduction``; keep top-L1 filters."""
     return keep_top(l1_filter_norm(model), widths_for_reduction(model, flops_reduction, input_size))

@@ -1,10 +1,4 @@
-"""Pruning plans: the channels each prunable layer keeps.
-
-For the CIFAR ResNets (basic blocks, option-A shortcuts) the prunable layer of a block is its first conv:
-its output channels feed only BN1 (and the MSEB, if present) and the second conv's input, so removing them
-leaves the residual widths, and with them every shortcut, untouched. This is the coupling rule the plan
-respects, and the width ACP, AIP, L1 and UCP (basic-block case) prune in methods.md.
-"""
+"""Pruning plans: the channels each prunable layer (``zoo.prune.layers``) keeps, in network order."""
 
 from __future__ import annotations
 
@@ -14,17 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-def prunable_blocks(model: nn.Module) -> list[nn.Module]:
-    """The residual blocks whose inner width can be pruned, in network order."""
-    blocks = [m for m in model.modules() if hasattr(m, "conv1") and hasattr(m, "conv2") and hasattr(m, "bn1")]
-    if not blocks:
-        raise TypeError(f"{type(model).__name__} has no prunable basic blocks (conv1 -> bn1 -> conv2)")
-    return blocks
+from zoo.prune.layers import layer_widths
 
 
 def inner_widths(model: nn.Module) -> list[int]:
-    return [block.conv1.out_channels for block in prunable_blocks(model)]
+    """:func:`~zoo.prune.layers.layer_widths` under its basic-block name (a basic block's one prunable width)."""
+    return layer_widths(model)
 
 
 @dataclass
@@ -68,7 +57,7 @@ def keep_top(scores: Sequence[torch.Tensor], widths: Sequence[int]) -> PrunePlan
 
 def keep_all(model: nn.Module) -> PrunePlan:
     """The identity plan: every channel kept."""
-    return PrunePlan([torch.arange(w) for w in inner_widths(model)])
+    return PrunePlan([torch.arange(w) for w in layer_widths(model)])
 
 
 def scaled_widths(widths: Sequence[int], keep_ratio: float) -> list[int]:
