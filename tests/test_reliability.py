@@ -186,3 +186,36 @@ def test_inference_memory_does_not_grow() -> None:
     peaks = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("PEAKS"))[len("PEAKS") :])
     growth_mb = (peaks["300"] - peaks["50"]) / 1024
     assert growth_mb < 30, f"peak RSS grew by {growth_mb:.1f} MB between iterations 50 and 300 ({peaks})"
+
+
+LOAD_LOOP = textwrap.dedent(
+    """
+    import json, resource, sys
+    import torch
+    from zoo.bench import bench_checkpoint
+    from zoo.cli import evaluate_checkpoint
+    torch.set_num_threads(1)
+    peaks, top1 = {}, set()
+    for i in range(1, 7):
+        top1.add(evaluate_checkpoint(sys.argv[1], None, None, progress=False, packed=True)["top1"])
+        bench_checkpoint(sys.argv[1], batches=(1, 16), repeats=3)
+        if i in (2, 6):
+            peaks[i] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print("PEAKS", json.dumps(peaks), "TOP1", json.dumps(sorted(top1)))
+    """
+)
+
+
+@pytest.mark.slow
+def test_packed_eval_and_bench_repeated_in_one_process_do_not_grow() -> None:
+    """`zoo eval --packed` over the full test split and `zoo bench <id>`, six times each in one process."""
+    bnn = next(i for i in released_ids() if i.split(".")[0].endswith("_bnn") and i.endswith(".fmnist"))
+    run = subprocess.run([sys.executable, "-c", LOAD_LOOP, bnn], cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=1800)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    line = next(line for line in run.stdout.splitlines() if line.startswith("PEAKS"))
+    peaks_text, top1_text = line[len("PEAKS") :].split("TOP1")
+    peaks, top1 = json.loads(peaks_text), json.loads(top1_text)
+    assert top1 == [registry.load_manifest()[bnn]["metrics"]["top1"]], "the packed kernels changed the accuracy"
+    growth_mb = (peaks["6"] - peaks["2"]) / 1024
+    assert growth_mb < 30, f"peak RSS grew by {growth_mb:.1f} MB between rounds 2 and 6 ({peaks})"

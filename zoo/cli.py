@@ -79,13 +79,18 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"  model_args   {json.dumps(entry['model_args'])}")
 
 
-def evaluate_checkpoint(source: str, dataset: str | None, limit: int | None, progress: bool) -> dict[str, Any]:
-    """Load a checkpoint and measure top-1/top-5 on a test split."""
+def evaluate_checkpoint(
+    source: str, dataset: str | None, limit: int | None, progress: bool, packed: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint and measure top-1/top-5 on a test split (``packed``: through ``to_inference``)."""
     from zoo.api import from_pretrained
     from zoo.data import dataset_spec, load_dataset, to_tensors
     from zoo.evaluate import accuracy, predict_logits
+    from zoo.inference import to_inference
 
     model = from_pretrained(source)
+    if packed:
+        model = to_inference(model)
     cfg = model.pretrained_cfg
     spec = dataset_spec(dataset or _checkpoint_dataset(source))
     images, labels = to_tensors(load_dataset(spec.name, "test"), spec, limit=limit)
@@ -100,7 +105,7 @@ def _checkpoint_dataset(source: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    result = evaluate_checkpoint(args.id, args.dataset, args.limit, progress=not args.json)
+    result = evaluate_checkpoint(args.id, args.dataset, args.limit, progress=not args.json, packed=args.packed)
     if args.json:
         print(json.dumps(result))
     else:
@@ -224,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="registry id, hf-hub:<org>/<name>[@rev] or local-dir:<folder>")
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--limit", type=int, help="evaluate the first N test images only")
+    p.add_argument("--packed", action="store_true", help="BNNs: run the packed 1-bit kernels (zoo.to_inference)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
