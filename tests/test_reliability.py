@@ -219,3 +219,47 @@ def test_packed_eval_and_bench_repeated_in_one_process_do_not_grow() -> None:
     assert top1 == [registry.load_manifest()[bnn]["metrics"]["top1"]], "the packed kernels changed the accuracy"
     growth_mb = (peaks["6"] - peaks["2"]) / 1024
     assert growth_mb < 30, f"peak RSS grew by {growth_mb:.1f} MB between rounds 2 and 6 ({peaks})"
+
+
+# ------------------------------------------------------------------------------------------ killed export
+
+EXPORT_LOOP = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    from zoo.checkpoint import write_checkpoint_folder
+    dest = Path(sys.argv[1])
+    for i in range(10_000):
+        weights = {"w": torch.full((1_000_000,), float(i))}
+        write_checkpoint_folder(dest, weights, {"zoo": {"round": i}}, lambda config: "card")
+        print(i, flush=True)
+    """
+)
+
+
+def _complete(folder: Path) -> bool:
+    from zoo.hub import file_sha256
+
+    config = json.loads((folder / "config.json").read_text())
+    record = config["zoo"]["files"]["model.safetensors"]
+    return file_sha256(folder / "model.safetensors") == record["sha256"] and (folder / "README.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.35, 0.6, 0.9])
+def test_export_killed_at_any_moment_leaves_a_whole_folder_or_a_recoverable_one(tmp_path: Path, delay: float) -> None:
+    from zoo.checkpoint import recover_interrupted_write
+
+    dest = tmp_path / "models" / "tiny.fmnist"
+    proc = subprocess.Popen([sys.executable, "-c", EXPORT_LOOP, str(dest)], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "0"  # one complete folder exists before the kill
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    old = dest.with_name(f".{dest.name}.old")
+    assert (dest.is_dir() and _complete(dest)) or (not dest.exists() and old.is_dir() and _complete(old))
+    recover_interrupted_write(dest)
+    assert _complete(dest)
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name], "temporary folders were left behind"

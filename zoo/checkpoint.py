@@ -1,7 +1,8 @@
 """Writing a checkpoint folder (a complete Hugging Face model repo) atomically.
 
 Everything is written into a temporary sibling folder, then swapped in with renames, so a killed export
-never leaves a half-written ``models/<id>``: readers see the old folder or the new one, whole.
+never leaves a half-written ``models/<id>``: readers see the old folder or the new one, whole. A kill between
+the two renames leaves only ``.<id>.old``; the next write puts it back first (``recover_interrupted_write``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def recover_interrupted_write(dest: Path) -> None:
+    """Undo what a killed write left: restore ``.<id>.old`` if the swap stopped half-way, drop temp folders."""
+    old = dest.with_name(f".{dest.name}.old")
+    if not dest.exists() and old.is_dir():
+        old.rename(dest)
+    for leftover in dest.parent.glob(f".{dest.name}.*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def write_checkpoint_folder(
     dest: Path,
     state_dict: dict[str, torch.Tensor],
@@ -33,6 +44,7 @@ def write_checkpoint_folder(
 ) -> dict[str, Any]:
     """Write weights, config.json (with the weights' sha256 and size) and the card; return the config."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_write(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a published folder is world-readable
     try:
