@@ -48,6 +48,23 @@ def cifar_cfg(pool_size: tuple[int, int], imagenet_stats: bool = False, **kwargs
     }
 
 
+def imagenet_cfg(**kwargs: Any) -> dict[str, Any]:
+    """The pretrained cfg of a 224x224, 1000-class ImageNet architecture."""
+    return {
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "num_classes": 1000,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
 def default_cfgs_with_releases(base_cfgs: dict[str, dict[str, Any]]) -> dict:
     """timm default cfgs for a family: untagged defaults plus one tag per released checkpoint."""
     return generate_default_cfgs(with_releases(base_cfgs))

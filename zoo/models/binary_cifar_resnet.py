@@ -26,6 +26,7 @@ from torch import nn
 
 from zoo.models._binary_base import BinaryClassifier
 from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
+from zoo.models._pooled_head import init_conv_bn_
 from zoo.models.cifar_resnet import OptionAShortcut, blocks_per_stage
 from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d
 from zoo.nn.ir2net import hardtanh_act
@@ -107,9 +108,7 @@ class BinaryCifarResNet(BinaryClassifier):
         self.num_features = self.head_hidden_size = widths[-1]
         self.head_norm = nn.BatchNorm1d(self.num_features)
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_bn_(self)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem output and the output of each stage."""

@@ -37,13 +37,12 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
 
 from zoo.models._binary_base import BinaryClassifier
-from zoo.models._builder import build_zoo_model, default_cfgs_with_releases
+from zoo.models._builder import build_zoo_model, default_cfgs_with_releases, imagenet_cfg
 from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d
 from zoo.nn.ir2net import prelu_act
 
@@ -165,22 +164,6 @@ class BinaryImageNetResNet(BinaryClassifier):
         return outs
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "num_classes": 1000,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "license": "mit",
-        **kwargs,
-    }
-
-
 _VARIANTS = {
     "resnet18_bireal": {"method": "bireal"},
     "resnet18_sdbnn": {"method": "sdbnn"},
@@ -190,7 +173,7 @@ _VARIANTS = {
     "resnet18_ir2net_d": {"method": "ir2net", "fusion": "d"},
 }
 
-default_cfgs = default_cfgs_with_releases({name: _cfg() for name in _VARIANTS})
+default_cfgs = default_cfgs_with_releases({name: imagenet_cfg() for name in _VARIANTS})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> BinaryImageNetResNet:

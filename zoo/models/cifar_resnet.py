@@ -23,6 +23,7 @@ from torch import nn
 
 from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 from zoo.models._feature_taps import FeatureTapsMixin
+from zoo.models._pooled_head import PooledHeadMixin, init_conv_bn_
 from zoo.nn.mseb import MSEB
 
 __all__ = ["CifarResNet", "BasicBlock"]
@@ -75,7 +76,7 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-class CifarResNet(FeatureTapsMixin, nn.Module):
+class CifarResNet(FeatureTapsMixin, PooledHeadMixin, nn.Module):
     """He et al.'s CIFAR ResNet with per-stage and per-block widths as constructor arguments."""
 
     def __init__(
@@ -120,36 +121,11 @@ class CifarResNet(FeatureTapsMixin, nn.Module):
 
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        init_conv_bn_(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # Channel-pruned ResNet-56s: the same network, its widths from the checkpoint's config (``model_args``).

@@ -40,13 +40,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
 
-from zoo.models._builder import IMAGENET_MEAN, IMAGENET_STD, build_zoo_model, default_cfgs_with_releases
+from zoo.models._builder import build_zoo_model, default_cfgs_with_releases, imagenet_cfg
 from zoo.models._feature_taps import FeatureTapsMixin
+from zoo.models._pooled_head import PooledHeadMixin, init_conv_bn_
 from zoo.models._widths import check_widths
 
 __all__ = ["BasicBlock", "Bottleneck", "ImageNetResNet", "LAYERS"]
@@ -125,7 +125,7 @@ LAYERS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
 }
 
 
-class ImageNetResNet(FeatureTapsMixin, nn.Module):
+class ImageNetResNet(FeatureTapsMixin, PooledHeadMixin, nn.Module):
     """torchvision's ResNet with each block's inner widths (``inner_widths``, ``mid_widths``) as arguments."""
 
     def __init__(
@@ -178,52 +178,14 @@ class ImageNetResNet(FeatureTapsMixin, nn.Module):
 
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        init_conv_bn_(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "num_classes": 1000,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "license": "mit",
-        **kwargs,
-    }
-
-
-default_cfgs = default_cfgs_with_releases({f"resnet{d}_dense": _cfg() for d in (18, 34, 50)})
+default_cfgs = default_cfgs_with_releases({f"resnet{d}_dense": imagenet_cfg() for d in (18, 34, 50)})
 
 
 def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> ImageNetResNet:
