@@ -219,18 +219,30 @@ def latency_row(
     return {"batch": batch, "ms": round(ms, 3), "images_per_s": round(1e3 * batch / ms, 1)}
 
 
+def interleaved_latency_rows(
+    models: dict[str, torch.nn.Module], input_size: tuple[int, ...], batch: int, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """CPU latency of each model at ``batch``, timed in turns so that outside load falls on all of them alike."""
+    x = torch.randn(batch, *input_size)
+    with torch.inference_mode():
+        ms = interleaved_median_ms({name: (lambda m=m: m(x)) for name, m in models.items()}, repeats)
+    return {name: {"batch": batch, "ms": round(t, 3), "images_per_s": round(1e3 * batch / t, 1)}
+            for name, t in ms.items()}  # fmt: skip
+
+
 def bench_models(
     models: dict[str, torch.nn.Module],
     input_size: tuple[int, ...],
     batches: tuple[int, ...] = (1, 64),
     repeats: int = 20,
 ) -> dict[str, Any]:
-    """Latency and throughput of several models on one input size, measured side by side in this process.
+    """Latency and throughput of several models on one input size, measured side by side (in turns) in this process.
 
     On a machine with CUDA, ``cuda`` holds the same rows measured on the GPU (copies of the models are moved).
     """
-    results = {name: [latency_row(m, input_size, b, max(3, repeats // max(1, b // 16))) for b in batches]
-               for name, m in models.items()}  # fmt: skip
+    per_batch = {b: interleaved_latency_rows(models, input_size, b, max(9, repeats // max(1, b // 16)))
+                 for b in batches}  # fmt: skip
+    results = {name: [per_batch[b][name] for b in batches] for name in models}
     cpu, flags = _cpu_description()
     out = {"device": "cpu", "cpu": cpu, "cpu_flags": flags, "threads": torch.get_num_threads(),
            "torch": torch.__version__, "results": results, "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
