@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import create_classifier
 from torch import nn
 
 from zoo.models._feature_taps import FeatureTapsMixin
+from zoo.models._pooled_head import PooledHeadMixin
 from zoo.nn import pool_and_concat, restriction_mask
 
 
-class BinaryClassifier(FeatureTapsMixin, nn.Module):
+class BinaryClassifier(FeatureTapsMixin, PooledHeadMixin, nn.Module):
     """Base of the BNN families, with timm's classifier API.
 
     A family builds ``forward_stages(x)`` — a list of feature maps whose last entry is the final stage (the
@@ -20,19 +20,11 @@ class BinaryClassifier(FeatureTapsMixin, nn.Module):
     ``drop_rate`` and a pooled head (``global_pool``, ``head_norm``, ``fc``). VGG-Small overrides the head.
 
     timm's intermediate-feature API comes from :class:`FeatureTapsMixin`; ``recovery_stages`` picks, from its taps,
-    the list ``forward_stages`` returns.
+    the list ``forward_stages`` returns. ``get_classifier``/``reset_classifier`` come from :class:`PooledHeadMixin`.
     """
 
     method: str
     recovery: nn.Module | None
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
 
     def fuse(self, stages: list[torch.Tensor]) -> torch.Tensor:
         """The final stage's features, with the earlier stages recovered into them for IR²Net."""
