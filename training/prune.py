@@ -86,13 +86,17 @@ def train_parent_recipe(recipe_path: str, run_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def l1_stage(recipe: Recipe, stage: Path, images: TrainingImages) -> tuple[torch.nn.Module, dict[str, Any]]:
-    parent = load_parent(recipe)
+def l1_stage(
+    recipe: Recipe, stage: Path, images: TrainingImages, parent: torch.nn.Module
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     plan = l1_plan(parent, recipe.prune.flops_reduction, images.spec.input_size)
     return apply_plan(parent, plan), {"criterion": "l1 filter norm", "kept": plan.to_dict()["keep"]}
 
 
-def ucp_stage(recipe: Recipe, stage: Path, images: TrainingImages) -> tuple[torch.nn.Module, dict[str, Any]]:
+def ucp_stage(
+    recipe: Recipe, stage: Path, images: TrainingImages, parent: torch.nn.Module
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Scores come from the SE-augmented parent; ``parent`` (dense) is only the reference."""
     if not recipe.prune.parent_recipe:
         raise ValueError("UCP scores channels with an SE-augmented parent: set prune.parent_recipe")
     parent_id = Recipe.load(recipe.prune.parent_recipe).id
@@ -128,11 +132,12 @@ def _short_training(model: torch.nn.Module, images: TrainingImages, recipe: Reci
     accelerator.free_memory()
 
 
-def acp_stage(recipe: Recipe, stage: Path, images: TrainingImages) -> tuple[torch.nn.Module, dict[str, Any]]:
+def acp_stage(
+    recipe: Recipe, stage: Path, images: TrainingImages, parent: torch.nn.Module
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     p = recipe.prune
     if not len(images.held_y):
         raise ValueError("ACP measures fitness on held-out training images: set data.holdout > 0")
-    parent = load_parent(recipe)
     center = cluster_widths(parent, images.scoring_batches(p.score_images), p.eps, p.min_samples)
     evaluations: list[float] = []
 
@@ -158,10 +163,11 @@ def acp_stage(recipe: Recipe, stage: Path, images: TrainingImages) -> tuple[torc
     return inherit_by_l1(parent, result.best_position), record
 
 
-def aip_stage(recipe: Recipe, stage: Path, images: TrainingImages) -> tuple[torch.nn.Module, dict[str, Any]]:
+def aip_stage(
+    recipe: Recipe, stage: Path, images: TrainingImages, parent: torch.nn.Module
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Iterative pruning: each step removes channels by the criterion, then recovers with the AIP objective."""
     settings = section_from_dict(AIPSettings, recipe.prune.aip, "prune.aip")
-    parent = load_parent(recipe)
     student, steps = parent, []
     for k, reduction in enumerate(step_reductions(recipe.prune.flops_reduction, settings.steps), start=1):
         step_dir = stage / f"step{k}"
@@ -188,7 +194,8 @@ def aip_stage(recipe: Recipe, stage: Path, images: TrainingImages) -> tuple[torc
     return student.eval(), {"criterion": settings.criterion, "steps": steps, "settings": vars(settings)}
 
 
-STAGES: dict[str, Callable[[Recipe, Path, TrainingImages], tuple[torch.nn.Module, dict[str, Any]]]] = {
+Stage = Callable[[Recipe, Path, TrainingImages, torch.nn.Module], tuple[torch.nn.Module, dict[str, Any]]]
+STAGES: dict[str, Stage] = {
     "l1": l1_stage,
     "ucp": ucp_stage,
     "acp": acp_stage,
@@ -204,8 +211,8 @@ def run_stage(recipe: Recipe, stage: Path) -> dict[str, Any]:
     stage.mkdir(parents=True, exist_ok=True)
     images = TrainingImages(recipe)
     started = time.time()
-    pruned, record = STAGES[method](recipe, stage, images)
     parent = load_parent(recipe)
+    pruned, record = STAGES[method](recipe, stage, images, parent)
     record = {
         "method": method,
         "parent": recipe.prune.parent,
