@@ -14,6 +14,7 @@ from torch import nn
 import zoo  # noqa: F401  (registers the timm architectures)
 from zoo.measure import count_macs
 from zoo.models.cifar_vgg import VggBlock
+from zoo.nn.mseb import MSEB
 from zoo.prune import PrunePlan, apply_plan, layer_widths, prunable_layers, pruned_model_args
 from zoo.prune.importance import bn_scale, l1_filter_norm, mean_feature_maps, mean_gates
 from zoo.prune.l1 import l1_plan
@@ -306,3 +307,31 @@ def test_l1_plan_halves_the_measured_flops(family_id: str) -> None:
         dropped[keep] = False
         if dropped.any():
             assert float(scores[keep].min()) >= float(scores[dropped].max())
+
+
+# ------------------------------------------------------------------------------- UCP's MSEB placements
+
+
+def test_vgg_mseb_gates_every_conv_before_its_bn_and_scores_channels() -> None:
+    model = timm.create_model("vgg16_cifar", mseb=True).eval()
+    layers = prunable_layers(model)
+    assert all(isinstance(layer.gate, MSEB) and layer.gate.fc2.out_features == layer.width for layer in layers)
+    gates = mean_gates(model, [torch.randn(2, 3, 32, 32)])
+    assert [len(g) for g in gates] == [layer.width for layer in layers]
+    plain = apply_plan(model, keep_all(model), drop_mseb=True)
+    assert not any(isinstance(m, MSEB) for m in plain.modules())
+    assert "mseb" not in pruned_model_args(plain)
+
+
+@pytest.mark.parametrize("name, gated", [("resnet18_dense", ["inner_widths"]), ("resnet50_dense", ["mid_widths"])])
+def test_imagenet_resnet_mseb_gates_the_layers_ucp_prunes(name: str, gated: list[str]) -> None:
+    """Basic block: after BN1 (UCP's ImageNet code); bottleneck: the middle 3×3 after its BN-ReLU."""
+    model = timm.create_model(name, mseb=True).eval()
+    layers = prunable_layers(model)
+    assert sorted({layer.model_arg for layer in layers if layer.gate is not None}) == gated
+    assert all((layer.gate is not None) == (layer.model_arg in gated) for layer in layers)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_plan(model, keep_all(model))(x), model(x), rtol=0, atol=0)
+    rebuilt = timm.create_model(name, **pruned_model_args(model))
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

@@ -43,6 +43,7 @@ from torch import nn
 from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
 from zoo.models._feature_taps import FeatureTapsMixin
 from zoo.models._widths import check_widths
+from zoo.nn.mseb import MSEB
 
 __all__ = ["CifarVgg", "VggBlock", "convs_per_stage", "default_widths"]
 
@@ -65,16 +66,17 @@ def default_widths(depth: int) -> list[int]:
 
 
 class VggBlock(nn.Module):
-    """3×3 conv → BN → ReLU."""
+    """3×3 conv [→ MSEB, UCP's VGG placement] → BN → ReLU."""
 
-    def __init__(self, in_chs: int, out_chs: int, bias: bool) -> None:
+    def __init__(self, in_chs: int, out_chs: int, bias: bool, mseb: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=bias)
+        self.se = MSEB(out_chs) if mseb else nn.Identity()
         self.bn = nn.BatchNorm2d(out_chs)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.act(self.bn(self.se(self.conv(x))))
 
 
 def _ucp_hidden(in_features: int) -> nn.Sequential:
@@ -101,6 +103,7 @@ class CifarVgg(FeatureTapsMixin, nn.Module):
         layout: str = "acp",
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        mseb: bool = False,
     ) -> None:
         super().__init__()
         per_stage = convs_per_stage(depth)
@@ -116,7 +119,7 @@ class CifarVgg(FeatureTapsMixin, nn.Module):
             layers: list[nn.Module] = []
             for _ in range(n):
                 out_chs = next(it)
-                layers.append(VggBlock(in_chs, out_chs, bias=layout == "acp"))
+                layers.append(VggBlock(in_chs, out_chs, bias=layout == "acp", mseb=mseb))
                 in_chs = out_chs
             if layout == "acp" or stage < len(per_stage) - 1:
                 layers.append(nn.MaxPool2d(2, 2))

@@ -48,6 +48,7 @@ from zoo.models._builder import build_zoo_model, default_cfgs_with_releases, ima
 from zoo.models._feature_taps import FeatureTapsMixin
 from zoo.models._pooled_head import PooledHeadMixin, init_conv_bn_
 from zoo.models._widths import check_widths
+from zoo.nn.mseb import MSEB
 
 __all__ = ["BasicBlock", "Bottleneck", "ImageNetResNet", "LAYERS"]
 
@@ -59,12 +60,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int, inner_chs: int) -> None:
+    def __init__(self, in_chs: int, planes: int, stride: int, inner_chs: int, mseb: bool = False) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, inner_chs, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(inner_chs)
-        self.se = nn.Identity()  # where UCP's ImageNet code gates the inner channels (after BN1); zoo.prune reads it
+        self.se = MSEB(inner_chs) if mseb else nn.Identity()  # UCP's ImageNet placement: after BN1, before ReLU
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(inner_chs, out_chs, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
@@ -86,7 +87,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, stride: int, inner_chs: int, mid_chs: int) -> None:
+    def __init__(self, in_chs: int, planes: int, stride: int, inner_chs: int, mid_chs: int, mseb: bool = False) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, inner_chs, 1, bias=False)
@@ -95,6 +96,7 @@ class Bottleneck(nn.Module):
         self.conv2 = nn.Conv2d(inner_chs, mid_chs, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid_chs)
         self.act2 = nn.ReLU(inplace=True)
+        self.se = MSEB(mid_chs) if mseb else nn.Identity()  # UCP: gates the middle 3×3's channels after its BN-ReLU
         self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.downsample = _projection(in_chs, out_chs, stride)
@@ -103,7 +105,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
-        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.se(self.act2(self.bn2(self.conv2(out))))
         out = self.bn3(self.conv3(out))
         return self.act3(out + shortcut)
 
@@ -137,6 +139,7 @@ class ImageNetResNet(FeatureTapsMixin, PooledHeadMixin, nn.Module):
         mid_widths: Sequence[int] | None = None,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        mseb: bool = False,
     ) -> None:
         super().__init__()
         if depth not in LAYERS:
@@ -171,7 +174,7 @@ class ImageNetResNet(FeatureTapsMixin, PooledHeadMixin, nn.Module):
             blocks = []
             for i in range(n):
                 widths = (inner_widths[index], mid_widths[index]) if bottleneck else (inner_widths[index],)
-                blocks.append(block(in_chs, stage_planes, stride if i == 0 else 1, *widths))
+                blocks.append(block(in_chs, stage_planes, stride if i == 0 else 1, *widths, mseb=mseb))
                 in_chs, index = stage_planes * block.expansion, index + 1
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{stage + 1}"))

@@ -105,9 +105,12 @@ def pruned_model_args(model: nn.Module) -> dict[str, Any]:
     """
     layers = prunable_layers(model)
     args: dict[str, Any] = model_arg_widths(layers)
-    if any(layer.gate is not None for layer in layers):
-        for layer in layers:
-            if not _gate_rebuilds(layer):
+    gated = [layer for layer in layers if layer.gate is not None]
+    if gated:
+        # mseb=True gates every layer of a width list the family gates (all inner widths; a bottleneck's mid ones)
+        partly = {layer.model_arg for layer in gated} & {layer.model_arg for layer in layers if layer.gate is None}
+        for layer in gated:
+            if partly or not _gate_rebuilds(layer):
                 raise ValueError(
                     f"{layer.name}: its MSEB gates cannot be rebuilt from model args at width {layer.width}; "
                     "prune with apply_plan(..., drop_mseb=True)"

@@ -49,17 +49,21 @@ class PrunableLayer:
         return self.conv.out_channels
 
 
+def _gate(block: nn.Module) -> MSEB | None:
+    """The block's MSEB (UCP's SE-augmented parents), if it has one."""
+    return block.se if isinstance(getattr(block, "se", None), MSEB) else None
+
+
 def basic_block_layers(name: str, block: nn.Module) -> list[PrunableLayer]:
     """A basic block's one prunable layer: its inner width (conv1's output)."""
-    gate = block.se if isinstance(block.se, MSEB) else None
-    return [PrunableLayer(f"{name}.conv1", "inner_widths", block.conv1, block.bn1, (block.conv2,), gate)]
+    return [PrunableLayer(f"{name}.conv1", "inner_widths", block.conv1, block.bn1, (block.conv2,), _gate(block))]
 
 
 def bottleneck_layers(name: str, block: imagenet_resnet.Bottleneck) -> list[PrunableLayer]:
     """A bottleneck's two prunable layers: conv1's output (inner width), then conv2's (mid width)."""
     return [
         PrunableLayer(f"{name}.conv1", "inner_widths", block.conv1, block.bn1, (block.conv2,)),
-        PrunableLayer(f"{name}.conv2", "mid_widths", block.conv2, block.bn2, (block.conv3,)),
+        PrunableLayer(f"{name}.conv2", "mid_widths", block.conv2, block.bn2, (block.conv3,), _gate(block)),
     ]
 
 
@@ -85,7 +89,7 @@ def vgg_layers(model: CifarVgg) -> list[PrunableLayer]:
     blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, VggBlock)]
     consumers = [(block.conv,) for _, block in blocks[1:]] + [vgg_head_consumers(model)]
     return [
-        PrunableLayer(f"{name}.conv", "widths", block.conv, block.bn, following)
+        PrunableLayer(f"{name}.conv", "widths", block.conv, block.bn, following, _gate(block))
         for (name, block), following in zip(blocks, consumers, strict=True)
     ]
 
