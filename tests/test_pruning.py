@@ -215,10 +215,10 @@ def test_plan_dict_round_trip():
 
 
 def test_uniform_stage_widths():
-    assert uniform_stage_widths([3, 5, 4, 8, 8, 9, 0, 0, 1], 3) == [4, 4, 4, 8, 8, 8, 1, 1, 1]
-    assert uniform_stage_widths([2, 6, 10, 12], 2) == [4, 4, 11, 11]
+    assert uniform_stage_widths([3, 5, 4, 8, 8, 9, 0, 0, 1], list("aaabbbccc")) == [4, 4, 4, 8, 8, 8, 1, 1, 1]
+    assert uniform_stage_widths([2, 6, 10, 12], list("aabb")) == [4, 4, 11, 11]
     with pytest.raises(ValueError):
-        uniform_stage_widths([1, 2, 3, 4], 3)
+        uniform_stage_widths([1, 2, 3, 4], list("aaa"))
 
 
 def test_important_counts():
@@ -231,11 +231,11 @@ def test_important_counts():
 def test_ucp_plan_is_stage_uniform_and_keeps_top_gates():
     model = resnet(mseb=True)
     batches = [images(4, seed=2), images(2, seed=3)]
-    plan, gates = ucp_plan(model, batches, threshold_factor=1.0, blocks_per_stage=3)
+    plan, gates = ucp_plan(model, batches, threshold_factor=1.0)
     assert [len(g) for g in gates] == RESNET20_WIDTHS
     for start in (0, 3, 6):
         assert len(set(plan.widths[start : start + 3])) == 1
-    assert plan.widths == uniform_stage_widths(important_counts(gates, 1.0), 3)
+    assert plan.widths == uniform_stage_widths(important_counts(gates, 1.0), list("aaabbbccc"))
     for g, keep in zip(gates, plan.keep, strict=True):
         assert torch.equal(keep, keep_top([g], [len(keep)]).keep[0])
         dropped = ~torch.isin(torch.arange(len(g)), keep)

@@ -19,6 +19,7 @@ from zoo.prune import PrunePlan, apply_plan, layer_widths, prunable_layers, prun
 from zoo.prune.importance import bn_scale, l1_filter_norm, mean_feature_maps, mean_gates
 from zoo.prune.l1 import l1_plan
 from zoo.prune.plan import keep_all
+from zoo.prune.ucp import important_counts, ucp_plan
 
 CIFAR = (3, 32, 32)
 SMALL_IMAGENET = (3, 64, 64)
@@ -335,3 +336,13 @@ def test_imagenet_resnet_mseb_gates_the_layers_ucp_prunes(name: str, gated: list
         torch.testing.assert_close(apply_plan(model, keep_all(model))(x), model(x), rtol=0, atol=0)
     rebuilt = timm.create_model(name, **pruned_model_args(model))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_ucp_plan_on_bottlenecks_prunes_each_middle_conv_by_its_own_count() -> None:
+    model = timm.create_model("resnet50_dense", mseb=True).eval()
+    plan, gates = ucp_plan(model, [torch.randn(2, 3, 64, 64)], threshold_factor=1.0)
+    layers = prunable_layers(model)
+    counts = iter(important_counts(gates, 1.0))
+    for layer, keep in zip(layers, plan.keep, strict=True):
+        expected = max(1, next(counts)) if layer.model_arg == "mid_widths" else layer.width
+        assert len(keep) == expected, layer.name

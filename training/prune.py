@@ -102,8 +102,7 @@ def ucp_stage(
     parent_id = Recipe.load(recipe.prune.parent_recipe).id
     se_parent = train_parent_recipe(recipe.prune.parent_recipe, stage.parent.parent / parent_id)
     p = recipe.prune
-    blocks_per_stage = len(se_parent.layer1)
-    plan, gates = ucp_plan(se_parent, images.scoring_batches(p.score_images), p.threshold_factor, blocks_per_stage)
+    plan, gates = ucp_plan(se_parent, images.scoring_batches(p.score_images), p.threshold_factor)
     record = {
         "se_parent_run": str(stage.parent.parent / parent_id),
         "important_counts": important_counts(gates, p.threshold_factor),

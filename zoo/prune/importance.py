@@ -22,10 +22,14 @@ def bn_scale(model: nn.Module) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def _average_over_batches(
-    model: nn.Module, batches: Iterable[torch.Tensor], read: Callable[[PrunableLayer], torch.Tensor]
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    read: Callable[[PrunableLayer], torch.Tensor],
+    layers: list[PrunableLayer] | None = None,
 ) -> list[torch.Tensor]:
-    """Per prunable layer, the mean over all images of ``read(layer)`` (a (B, ...) tensor set by the forward)."""
-    layers = prunable_layers(model)
+    """Per prunable layer (or per one of ``layers``), the mean over all images of ``read(layer)`` (a (B, ...)
+    tensor set by the forward)."""
+    layers = prunable_layers(model) if layers is None else layers
     was_training = model.training
     model.eval()
     sums: list[torch.Tensor] | None = None
@@ -44,10 +48,11 @@ def _average_over_batches(
 
 
 def mean_gates(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """UCP's criterion: the MSEB gate of each channel, averaged over the images."""
-    if any(layer.gate is None for layer in prunable_layers(model)):
-        raise TypeError("mean_gates needs the SE-augmented parent (an MSEB gating every prunable layer: mseb=True)")
-    return _average_over_batches(model, batches, lambda layer: layer.gate.last_gates)
+    """UCP's criterion: the MSEB gate of each channel of every gated layer, averaged over the images."""
+    gated = [layer for layer in prunable_layers(model) if layer.gate is not None]
+    if not gated:
+        raise TypeError("mean_gates needs the SE-augmented parent (MSEB gates: build it with mseb=True)")
+    return _average_over_batches(model, batches, lambda layer: layer.gate.last_gates, gated)
 
 
 def mean_feature_maps(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:

@@ -65,12 +65,12 @@ def scaled_widths(widths: Sequence[int], keep_ratio: float) -> list[int]:
     return [max(1, round(w * keep_ratio)) for w in widths]
 
 
-def uniform_stage_widths(counts: Sequence[float], blocks_per_stage: int) -> list[int]:
-    """UCP's basic-block rule: every block of a stage gets the stage's mean width (rounded, at least one)."""
-    if len(counts) % blocks_per_stage:
-        raise ValueError(f"{len(counts)} layers do not split into stages of {blocks_per_stage} blocks")
-    widths = []
-    for start in range(0, len(counts), blocks_per_stage):
-        stage = counts[start : start + blocks_per_stage]
-        widths += [max(1, round(sum(stage) / len(stage)))] * blocks_per_stage
-    return widths
+def uniform_stage_widths(counts: Sequence[float], stages: Sequence[str]) -> list[int]:
+    """UCP's basic-block rule: every layer of a stage (``stages[i]`` names layer i's) gets the stage's mean width."""
+    if len(counts) != len(stages):
+        raise ValueError(f"{len(counts)} counts for {len(stages)} layers")
+    mean = {
+        stage: max(1, round(sum(c for c, s in zip(counts, stages, strict=True) if s == stage) / stages.count(stage)))
+        for stage in set(stages)
+    }
+    return [mean[stage] for stage in stages]

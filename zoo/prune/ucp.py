@@ -1,8 +1,9 @@
 """UCP (methods.md §5): channel importance = mean MSEB gate; uniform inner width per stage.
 
-A channel of block b is important if its mean gate exceeds (1 ± λ) times the block's mean gate. The papers'
-code does not say how one width per stage follows from the per-block counts; here the stage width is the
-mean of its blocks' counts (rounded), and each block then keeps its own top-scoring channels.
+A channel of a gated layer is important if its mean gate exceeds (1 ± λ) times the layer's mean gate. Basic-block
+ResNets: one inner width per stage; the papers' code does not say how it follows from the per-block counts, so
+here it is the mean of the stage's counts (rounded), each block keeping its own top-scoring channels. Bottleneck
+ResNets: only the gated middle 3×3 is pruned, each block to its own count; VGG: each conv to its own count.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from zoo.prune.importance import mean_gates
+from zoo.prune.layers import prunable_layers
 from zoo.prune.plan import PrunePlan, keep_top, uniform_stage_widths
 
 
@@ -22,9 +24,16 @@ def important_counts(gates: Sequence[torch.Tensor], threshold_factor: float) -> 
 
 
 def ucp_plan(
-    se_model: nn.Module, batches: Iterable[torch.Tensor], threshold_factor: float, blocks_per_stage: int
+    se_model: nn.Module, batches: Iterable[torch.Tensor], threshold_factor: float
 ) -> tuple[PrunePlan, list[torch.Tensor]]:
-    """The plan (uniform width per stage) and the mean gates it came from."""
+    """The plan and the mean gates it came from (one per gated layer); ungated layers keep every channel."""
+    layers = prunable_layers(se_model)
+    gated = [layer for layer in layers if layer.gate is not None]
     gates = mean_gates(se_model, batches)
-    widths = uniform_stage_widths(important_counts(gates, threshold_factor), blocks_per_stage)
-    return keep_top(gates, widths), gates
+    counts = important_counts(gates, threshold_factor)
+    if all(layer.model_arg == "inner_widths" for layer in gated):  # basic blocks: uniform per stage
+        widths = uniform_stage_widths(counts, [layer.name.split(".")[0] for layer in gated])
+    else:
+        widths = [max(1, c) for c in counts]
+    kept = iter(keep_top(gates, widths).keep)
+    return PrunePlan([next(kept) if layer.gate is not None else torch.arange(layer.width) for layer in layers]), gates
