@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -203,7 +204,8 @@ def test_torchrun_gives_trainer_two_gloo_processes(tmp_path):
     )
     proc = _torchrun([str(probe)], timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    seen = [json.loads(line.split("PROBE ", 1)[1]) for line in proc.stdout.splitlines() if "PROBE " in line]
+    # Two ranks share one stdout pipe, so their lines may interleave: find each record, not each line.
+    seen = [json.loads(record) for record in re.findall(r"PROBE (\{[^{}]*\})", proc.stdout)]
     assert len(seen) == 2
     assert {(s["type"], s["n"], s["backend"]) for s in seen} == {("DistributedType.MULTI_CPU", 2, "gloo")}
     assert sorted(s["rank"] for s in seen) == [0, 1]
