@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 from conftest import released_ids
+from safetensors.torch import save_file
 
 import zoo
 from zoo.errors import (
@@ -20,6 +22,7 @@ from zoo.errors import (
     UnsafeFormatError,
     WeightsNotFoundError,
 )
+from zoo.hub import read_safetensors
 from zoo.registry import models_dir
 
 
@@ -139,6 +142,20 @@ def test_pickle_weights_are_refused_and_never_unpickled(checkpoint_copy: Path, t
     with pytest.raises(UnsafeFormatError):
         zoo.from_pretrained(f"local-dir:{checkpoint_copy}")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("header_length", [0x0180, 0x4B50])  # starts with byte 0x80 / with "PK"
+def test_safetensors_whose_header_length_looks_like_a_pickle_still_load(header_length: int, tmp_path: Path) -> None:
+    """The 8-byte header length is the file's first bytes: 0x..80 or 0x4B50 make an ordinary safetensors file
+    open like a pickle or a zip (a pruned VGG-19 had one). Such files load; pickles stay refused (above)."""
+    path = tmp_path / "model.safetensors"
+    for name_length in range(header_length - 120, header_length):  # one tensor whose name sets the header size
+        tensors = {"w" * name_length: torch.arange(3.0)}
+        save_file(tensors, str(path))
+        if int.from_bytes(path.read_bytes()[:8], "little") == header_length:
+            break
+    assert path.read_bytes()[:2] in (b"\x80\x01", b"PK")
+    assert torch.equal(read_safetensors(path)["w" * name_length], tensors["w" * name_length])
 
 
 @pytest.mark.parametrize(

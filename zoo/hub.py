@@ -127,11 +127,18 @@ def verify_sha256(path: Path, expected: str, in_hf_cache: bool = False) -> None:
     )
 
 
+def _safetensors_layout(head: bytes, size: int) -> bool:
+    """A safetensors file opens with its JSON header's length (8 bytes, little-endian), then the header's '{'."""
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
+
+
 def refuse_pickle(path: Path) -> None:
-    """Refuse weight files that would be unpickled: unpickling can run arbitrary code."""
+    """Refuse weight files that would be unpickled (a pickle opcode stream or torch's zip): unpickling can run
+    arbitrary code. A safetensors header length may itself start with those bytes (0x80, "PK")."""
     with open(path, "rb") as f:
-        head = f.read(2)
-    if path.suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK":
+        head = f.read(9)
+    pickled = head[:1] == b"\x80" or head[:2] == b"PK"
+    if path.suffix in PICKLE_SUFFIXES or (pickled and not _safetensors_layout(head, path.stat().st_size)):
         raise UnsafeFormatError(
             f"Refusing to load '{path}': it is a pickle-based checkpoint (.pth/.bin/.pt), and unpickling can "
             "execute arbitrary code. The zoo loads safetensors only: convert it where you trust the file with "
