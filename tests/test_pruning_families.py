@@ -313,8 +313,9 @@ def test_l1_plan_halves_the_measured_flops(family_id: str) -> None:
 # ------------------------------------------------------------------------------- UCP's MSEB placements
 
 
-def test_vgg_mseb_gates_every_conv_before_its_bn_and_scores_channels() -> None:
-    model = timm.create_model("vgg16_cifar", mseb=True).eval()
+@pytest.mark.parametrize("layout", ["acp", "ucp"])
+def test_vgg_mseb_gates_every_conv_before_its_bn_and_scores_channels(layout: str) -> None:
+    model = timm.create_model("vgg16_cifar", mseb=True, layout=layout).eval()
     layers = prunable_layers(model)
     assert all(isinstance(layer.gate, MSEB) and layer.gate.fc2.out_features == layer.width for layer in layers)
     gates = mean_gates(model, [torch.randn(2, 3, 32, 32)])

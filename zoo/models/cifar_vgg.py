@@ -142,9 +142,10 @@ class CifarVgg(FeatureTapsMixin, nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 0.5)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            elif isinstance(m, nn.Linear):  # the head and, in SE parents, the MSEB's (mostly bias-free) layers
                 nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -183,8 +184,11 @@ class CifarVgg(FeatureTapsMixin, nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# Channel-pruned VGGs (the papers' cases): the same network, its widths from the checkpoint's config.
+PRUNED_VGGS = ("vgg16_acp", "vgg19_acp", "vgg19_ucp")
+
 default_cfgs = default_cfgs_with_releases(
-    {name: cifar_cfg((1, 1), first_conv="stage1.0.conv") for name in ("vgg16_cifar", "vgg19_cifar")}
+    {name: cifar_cfg((1, 1), first_conv="stage1.0.conv") for name in ("vgg16_cifar", "vgg19_cifar", *PRUNED_VGGS)}
 )
 
 
@@ -209,3 +213,21 @@ def vgg19_cifar(pretrained: bool = False, **kwargs) -> CifarVgg:
     ``layout="acp"`` (default) is ABCPruner/ACP's network (Linear(512 → classes) head), ``layout="ucp"`` UCP's.
     """
     return _create("vgg19_cifar", 19, pretrained, **kwargs)
+
+
+@register_model
+def vgg16_acp(pretrained: bool = False, **kwargs) -> CifarVgg:
+    """VGG-16 (ACP layout) pruned by ACP (DBSCAN widths refined by a particle-swarm search)."""
+    return _create("vgg16_acp", 16, pretrained, **kwargs)
+
+
+@register_model
+def vgg19_acp(pretrained: bool = False, **kwargs) -> CifarVgg:
+    """VGG-19 (ACP layout) pruned by ACP (DBSCAN widths refined by a particle-swarm search)."""
+    return _create("vgg19_acp", 19, pretrained, **kwargs)
+
+
+@register_model
+def vgg19_ucp(pretrained: bool = False, **kwargs) -> CifarVgg:
+    """VGG-19 (UCP layout: hidden head layer) pruned by UCP (channels scored by MSEB gates), the paper's headline."""
+    return _create("vgg19_ucp", 19, pretrained, **{"layout": "ucp", **kwargs})
