@@ -16,6 +16,7 @@ from zoo.measure import count_macs
 from zoo.models.cifar_vgg import VggBlock
 from zoo.nn.mseb import MSEB
 from zoo.prune import PrunePlan, apply_plan, layer_widths, prunable_layers, pruned_model_args
+from zoo.prune.acp import cluster_widths, dimension_bounds, inherit_by_l1, layer_widths_at, search_dimensions
 from zoo.prune.importance import bn_scale, l1_filter_norm, mean_feature_maps, mean_gates
 from zoo.prune.l1 import l1_plan
 from zoo.prune.plan import keep_all
@@ -347,3 +348,42 @@ def test_ucp_plan_on_bottlenecks_prunes_each_middle_conv_by_its_own_count() -> N
     for layer, keep in zip(layers, plan.keep, strict=True):
         expected = max(1, next(counts)) if layer.model_arg == "mid_widths" else layer.width
         assert len(keep) == expected, layer.name
+
+
+# ------------------------------------------------------------------------------- ACP's search dimensions
+
+
+def test_acp_shares_one_width_per_bottleneck_between_conv1_and_conv2() -> None:
+    model, _, input_size = family("resnet50")
+    dims = search_dimensions(model)
+    assert len(dims) == 16 and all(len(d) == 2 for d in dims)  # the reference's 16 dimensions for ResNet-50
+    position = list(range(1, 17))
+    widths = layer_widths_at(model, position)
+    assert widths[0::2] == widths[1::2] == position  # conv1 and conv2 of block k both at position[k]
+    assert dimension_bounds(model) == [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3
+    child = inherit_by_l1(model, position)
+    assert pruned_model_args(child) == {"inner_widths": position, "mid_widths": position}
+    maps = [images(input_size, n=2)]
+    assert len(cluster_widths(model, maps, eps=0.05, min_samples=2)) == 16
+
+
+@pytest.mark.parametrize("family_id, count", [("vgg16-acp", 13), ("resnet18", 8)])
+def test_acp_has_one_dimension_per_layer_elsewhere(family_id: str, count: int) -> None:
+    model, _, _ = family(family_id)
+    assert search_dimensions(model) == [[i] for i in range(count)]
+    with pytest.raises(ValueError, match="search dimensions"):
+        layer_widths_at(model, [1] * (count + 1))
+
+
+def test_ucp_unpruned_layers_keep_every_channel() -> None:
+    model = trained_looking("vgg16_cifar", layout="ucp", mseb=True)
+    batches = [images(CIFAR, n=2)]
+    plan, gates = ucp_plan(model, batches, threshold_factor=1.0)
+    assert all(w < full for w, full in zip(plan.widths, layer_widths(model), strict=True))
+    kept_whole, _ = ucp_plan(model, batches, threshold_factor=1.0, unpruned=[1, 12])
+    assert kept_whole.widths[1] == 64 and kept_whole.widths[12] == 512
+    assert [w for i, w in enumerate(kept_whole.widths) if i not in (1, 12)] == [
+        w for i, w in enumerate(plan.widths) if i not in (1, 12)
+    ]
+    with pytest.raises(ValueError, match="within 0..12"):
+        ucp_plan(model, batches, threshold_factor=1.0, unpruned=[13])

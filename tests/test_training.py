@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 import torch
+import torchvision
 import yaml
 from safetensors.torch import load_file
 
 import zoo
 from training.export import GOLDEN_FILE, GOLDEN_IMAGES, export_run
 from training.recipe import Recipe
-from training.trainer import Trainer
+from training.trainer import Trainer, load_trained_model
 from zoo.evaluate import predict_logits
 from zoo.hub import file_sha256
 
@@ -247,3 +248,30 @@ def test_data_parallel_replica_checksums_identical(dp_run):
     assert len(rank0) == len(rank1)
     mismatched = [a["step"] for a, b in zip(rank0, rank1, strict=True) if a["checksum"] != b["checksum"]]
     assert not mismatched, f"replicas differ at steps {mismatched}"
+
+
+def test_torchvision_parents_hold_torchvision_weights_in_the_zoo_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchvision:<arch>[.<weights>]`` (the ImageNet pruning recipes' parent and teacher): torchvision's trained
+    network, its weights copied into ``<arch>_dense`` (whose widths the pruning methods change). Downloads are
+    replaced by a seeded random network; what is asked for and what comes out are checked."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    asked: list[tuple[str, Any]] = []
+
+    def get_model(name: str, weights: Any = None) -> torch.nn.Module:
+        asked.append((name, weights))
+        return reference
+
+    monkeypatch.setattr(torchvision.models, "get_model", get_model)
+    model = load_trained_model("torchvision:resnet18.IMAGENET1K_V1")
+    assert asked == [("resnet18", torchvision.models.ResNet18_Weights.IMAGENET1K_V1)]
+    assert model.pretrained_cfg["architecture"] == "resnet18_dense" and not model.training
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    load_trained_model("torchvision:resnet18")
+    assert asked[-1] == ("resnet18", torchvision.models.ResNet18_Weights.DEFAULT)
+    with pytest.raises(ValueError, match="no weights 'IMAGENET1K_V9'.*IMAGENET1K_V1"):
+        load_trained_model("torchvision:resnet18.IMAGENET1K_V9")
+    with pytest.raises(ValueError, match="no 'vgg11_dense'"):
+        load_trained_model("torchvision:vgg11")

@@ -21,19 +21,18 @@ from accelerate import Accelerator, PartialState
 from safetensors.torch import save_file
 
 from training.recipe import Recipe, section_from_dict
-from training.trainer import Trainer, create_recipe_model, load_trained_model
-from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
+from training.trainer import Trainer, create_recipe_model, load_trained_model, training_and_holdout
+from zoo.data import BatchAugment, BatchIterator, dataset_spec
 from zoo.data.augment import normalize
 from zoo.evaluate import accuracy, predict_logits
 from zoo.hub import read_safetensors
 from zoo.measure import model_summary
-from zoo.prune import apply_plan, keep_top, pruned_model_args
-from zoo.prune.acp import cluster_widths, inherit_by_l1
+from zoo.prune import apply_plan, keep_all, keep_top, pruned_model_args
+from zoo.prune.acp import cluster_widths, dimension_bounds, inherit_by_l1, layer_widths_at
 from zoo.prune.aip import AIPSettings, step_reductions
 from zoo.prune.budget import widths_for_reduction
 from zoo.prune.importance import data_free_importance
 from zoo.prune.l1 import l1_plan
-from zoo.prune.plan import inner_widths
 from zoo.prune.swarm import SwarmSettings, particle_swarm
 from zoo.prune.ucp import important_counts, ucp_plan
 
@@ -59,21 +58,35 @@ class TrainingImages:
 
     def __init__(self, recipe: Recipe) -> None:
         self.spec = dataset_spec(recipe.data.dataset)
-        images, labels = to_tensors(load_dataset(recipe.data.dataset, "train", recipe.data.root), self.spec)
-        # The trainer's own split (same seed): the final training never sees the held-out images either.
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(recipe.train.seed))
-        held, kept = order[: recipe.data.holdout], order[recipe.data.holdout :]
-        self.train_x, self.train_y = images[kept], labels[kept]
-        self.held_x, self.held_y = images[held], labels[held]
+        # The trainer's own split: the final training never sees the held-out images either.
+        (self.train_x, self.train_y), (self.held_x, self.held_y) = training_and_holdout(recipe)
+        self.seed = recipe.train.seed
+        self.shuffled = recipe.data.holdout > 0  # the split comes shuffled only when some images are held out
 
     def scoring_batches(self, count: int, batch_size: int = 250) -> Iterator[torch.Tensor]:
-        """The first ``count`` training images (a random subset: the split is shuffled), normalised."""
-        for i in range(0, min(count, len(self.train_y)), batch_size):
-            yield normalize(self.train_x[i : min(i + batch_size, count)], self.spec.mean, self.spec.std)
+        """``count`` training images drawn at random (by the recipe's seed), normalised.
+
+        Drawn, not the first ones: an image folder lists ImageNet class by class.
+        """
+        n = min(count, len(self.train_y))
+        generator = torch.Generator().manual_seed(self.seed)
+        picks = torch.arange(n) if self.shuffled else torch.randperm(len(self.train_y), generator=generator)[:n]
+        for i in range(0, n, batch_size):
+            yield normalize(self.train_x[picks[i : i + batch_size]], self.spec.mean, self.spec.std)
 
 
-def load_parent(recipe: Recipe) -> torch.nn.Module:
-    return load_trained_model(recipe.prune.parent)
+def load_parent(recipe: Recipe, stage: Path) -> torch.nn.Module:
+    """The network that is pruned (or, for UCP, the reference its results are compared with).
+
+    Without ``prune.parent``, UCP's reference is its SE-augmented parent with the gates removed: the dense shape.
+    """
+    p = recipe.prune
+    if p.parent:
+        return load_trained_model(p.parent)
+    if p.method == "ucp" and p.parent_recipe:
+        se_parent = train_se_parent(recipe, stage)
+        return apply_plan(se_parent, keep_all(se_parent), drop_mseb=True)
+    raise ValueError(f"prune.parent is missing: {p.method} prunes a trained parent (a checkpoint id or run:<run dir>)")
 
 
 def train_parent_recipe(recipe_path: str, run_dir: Path) -> torch.nn.Module:
@@ -93,18 +106,27 @@ def l1_stage(
     return apply_plan(parent, plan), {"criterion": "l1 filter norm", "kept": plan.to_dict()["keep"]}
 
 
+def se_parent_run(recipe: Recipe, stage: Path) -> Path:
+    """Where UCP's SE-augmented parent trains: ``runs/<its id>``, beside the run being pruned."""
+    if not recipe.prune.parent_recipe:
+        raise ValueError("UCP scores channels with an SE-augmented parent: set prune.parent_recipe")
+    return stage.parent.parent / Recipe.load(recipe.prune.parent_recipe).id
+
+
+def train_se_parent(recipe: Recipe, stage: Path) -> torch.nn.Module:
+    return train_parent_recipe(recipe.prune.parent_recipe, se_parent_run(recipe, stage))
+
+
 def ucp_stage(
     recipe: Recipe, stage: Path, images: TrainingImages, parent: torch.nn.Module
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Scores come from the SE-augmented parent; ``parent`` (dense) is only the reference."""
-    if not recipe.prune.parent_recipe:
-        raise ValueError("UCP scores channels with an SE-augmented parent: set prune.parent_recipe")
-    parent_id = Recipe.load(recipe.prune.parent_recipe).id
-    se_parent = train_parent_recipe(recipe.prune.parent_recipe, stage.parent.parent / parent_id)
+    se_parent = train_se_parent(recipe, stage)
     p = recipe.prune
-    plan, gates = ucp_plan(se_parent, images.scoring_batches(p.score_images), p.threshold_factor)
+    plan, gates = ucp_plan(se_parent, images.scoring_batches(p.score_images), p.threshold_factor, p.unpruned_layers)
     record = {
-        "se_parent_run": str(stage.parent.parent / parent_id),
+        "se_parent_run": str(se_parent_run(recipe, stage)),
+        "unpruned_layers": p.unpruned_layers,
         "important_counts": important_counts(gates, p.threshold_factor),
         "mean_gates": [[round(float(v), 5) for v in g] for g in gates],
     }
@@ -140,17 +162,18 @@ def acp_stage(
     center = cluster_widths(parent, images.scoring_batches(p.score_images), p.eps, p.min_samples)
     evaluations: list[float] = []
 
-    def fitness(widths: list[int]) -> float:
+    def fitness(position: list[int]) -> float:
         start = time.time()
-        candidate = inherit_by_l1(parent, widths)
+        candidate = inherit_by_l1(parent, position)
         _short_training(candidate, images, recipe, seed=recipe.train.seed)
         top1 = accuracy(predict_logits(candidate, images.held_x, images.spec.mean, images.spec.std), images.held_y)
         evaluations.append(time.time() - start)
-        print(f"  fitness {top1['top1']:.2f}% at {sum(widths)} channels ({evaluations[-1]:.1f} s)", flush=True)
+        channels = sum(layer_widths_at(parent, position))
+        print(f"  fitness {top1['top1']:.2f}% at {channels} channels ({evaluations[-1]:.1f} s)", flush=True)
         return top1["top1"]
 
     settings = section_from_dict(SwarmSettings, p.swarm, "prune.swarm")
-    result = particle_swarm(fitness, center, inner_widths(parent), settings, memo_path=stage / "fitness.json")
+    result = particle_swarm(fitness, center, dimension_bounds(parent), settings, memo_path=stage / "fitness.json")
     record = {
         "cluster_widths": center,
         "search_widths": result.best_position,
@@ -210,7 +233,7 @@ def run_stage(recipe: Recipe, stage: Path) -> dict[str, Any]:
     stage.mkdir(parents=True, exist_ok=True)
     images = TrainingImages(recipe)
     started = time.time()
-    parent = load_parent(recipe)
+    parent = load_parent(recipe, stage)
     pruned, record = STAGES[method](recipe, stage, images, parent)
     record = {
         "method": method,

@@ -106,8 +106,11 @@ class PruneSection:
     """The prune/search stage that runs before the final training (``training/prune.py``)."""
 
     method: str  # l1 | ucp | acp | aip: zoo/prune/<method>.py
-    parent: str  # the trained dense parent (checkpoint id, local-dir:/hf-hub: or run:<run dir>): weights, reference
+    # The trained dense parent (checkpoint id, local-dir:/hf-hub:, run:<run dir> or torchvision:<arch>[.<weights>]):
+    # the weights pruned and the reference. UCP may leave it out: the SE parent without its gates is the reference.
+    parent: str | None = None
     parent_recipe: str | None = None  # UCP: recipe of the SE-augmented parent, trained first when missing
+    unpruned_layers: list[int] = field(default_factory=list)  # ucp: prunable layers (by index) kept whole
     init: str = "inherit"  # inherit: start from the kept parent weights | scratch: random init
     flops_reduction: float = 0.5  # l1, aip: the FLOPs cut to reach (uniform ratio per layer)
     score_images: int = 2000  # ucp, acp: training images that score the channels

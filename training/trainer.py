@@ -138,10 +138,32 @@ def create_recipe_model(recipe: Recipe) -> torch.nn.Module:
 
 
 RUN_PREFIX = "run:"
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def torchvision_trained_model(name: str) -> torch.nn.Module:
+    """``<arch>[.<weights>]`` (e.g. ``resnet50.IMAGENET1K_V1``): torchvision's trained weights (default: the
+    architecture's DEFAULT ones) in the zoo's ``<arch>_dense``, whose widths the pruning methods can change."""
+    arch, _, weights_name = name.partition(".")
+    zoo_arch = f"{arch}_dense"
+    if not timm.is_model(zoo_arch):
+        raise ValueError(f"{TORCHVISION_PREFIX}{name}: the zoo has no '{zoo_arch}' to hold torchvision's '{arch}'")
+    weights_enum = torchvision.models.get_model_weights(arch)
+    if weights_name and weights_name not in weights_enum.__members__:
+        raise ValueError(f"{TORCHVISION_PREFIX}{name}: '{arch}' has no weights '{weights_name}' "
+                         f"(choose from {sorted(weights_enum.__members__)})")  # fmt: skip
+    weights = weights_enum[weights_name] if weights_name else weights_enum.DEFAULT
+    reference = torchvision.models.get_model(arch, weights=weights)
+    model = timm.create_model(zoo_arch, num_classes=len(weights.meta["categories"]))
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model.eval()
 
 
 def load_trained_model(reference: str) -> torch.nn.Module:
-    """A trained model, in eval mode: ``run:<run dir>`` (a finished training run) or any ``zoo.from_pretrained`` id."""
+    """A trained model, in eval mode: ``run:<run dir>`` (a finished training run), ``torchvision:<arch>[.<weights>]``
+    (torchvision's ImageNet weights in the zoo's ``<arch>_dense``) or any ``zoo.from_pretrained`` id."""
+    if reference.startswith(TORCHVISION_PREFIX):
+        return torchvision_trained_model(reference[len(TORCHVISION_PREFIX) :])
     if not reference.startswith(RUN_PREFIX):
         return zoo.from_pretrained(reference).eval()
     run_dir = Path(reference[len(RUN_PREFIX) :])
@@ -190,6 +212,34 @@ def latest_state(run_dir: Path) -> Path | None:
     return None
 
 
+Images = torch.Tensor | DecodedImages  # uint8 N×C×H×W in memory, or decoded per batch (ImageNet)
+
+
+def load_split(recipe: Recipe, split: str, limit: int | None) -> tuple[Images, torch.Tensor]:
+    """A split's images and labels: in memory, or (``data.decode_on_demand``) decoded when a batch needs them."""
+    spec = dataset_spec(recipe.data.dataset)
+    ds = load_dataset(recipe.data.dataset, split, recipe.data.root)
+    if not recipe.data.decode_on_demand:
+        return to_tensors(ds, spec, limit=limit)
+    images = DecodedImages(ds.select(range(min(limit, len(ds)))) if limit is not None else ds, spec.input_size)
+    return images, images.labels
+
+
+def _take(images: Images, indices: torch.Tensor) -> Images:
+    return images.select(indices) if isinstance(images, DecodedImages) else images[indices]
+
+
+def training_and_holdout(recipe: Recipe) -> tuple[tuple[Images, torch.Tensor], tuple[Images, torch.Tensor]]:
+    """The training split cut into the images that train and the ``data.holdout`` held out for any selection
+    (a fixed shuffle by the recipe's seed: the pruning search and the final training agree on which is which)."""
+    x, y = load_split(recipe, "train", recipe.data.limit)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.train.seed))
+    held, kept = order[: recipe.data.holdout], order[recipe.data.holdout :]
+    if not recipe.data.holdout:  # nothing held out: the split in its own order
+        kept = torch.arange(len(y))
+    return (_take(x, kept), y[kept]), (_take(x, held), y[held])
+
+
 class Trainer:
     """Trains ``recipe`` into ``run_dir`` (``state/`` to resume, ``metrics.jsonl``, ``final.safetensors``)."""
 
@@ -207,22 +257,10 @@ class Trainer:
         self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
-    def _split(self, split: str, limit: int | None) -> tuple[torch.Tensor | DecodedImages, torch.Tensor]:
-        r = self.recipe
-        ds = load_dataset(r.data.dataset, split, r.data.root)
-        if not r.data.decode_on_demand:
-            return to_tensors(ds, self.spec, limit=limit)
-        images = DecodedImages(ds.select(range(min(limit, len(ds)))) if limit is not None else ds, self.spec.input_size)
-        return images, images.labels
-
-    def _data(self) -> tuple[BatchIterator, tuple[torch.Tensor | DecodedImages, torch.Tensor]]:
+    def _data(self) -> tuple[BatchIterator, tuple[Images, torch.Tensor]]:
         r, acc = self.recipe, self.accelerator
-        train_x, train_y = self._split("train", r.data.limit)
-        if r.data.holdout:
-            keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(r.train.seed))[r.data.holdout :]
-            train_x = train_x.select(keep) if isinstance(train_x, DecodedImages) else train_x[keep]
-            train_y = train_y[keep]
-        test = self._split("test", r.data.test_limit)
+        (train_x, train_y), _ = training_and_holdout(r)
+        test = load_split(r, "test", r.data.test_limit)
         transform = BatchAugment(self.spec.mean, self.spec.std, r.data.crop_padding, r.data.hflip)
         loader = BatchIterator(
             train_x, train_y, r.train.batch_size, transform, shuffle=True, augment=True, seed=r.train.seed,

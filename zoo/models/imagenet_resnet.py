@@ -188,7 +188,12 @@ class ImageNetResNet(FeatureTapsMixin, PooledHeadMixin, nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-default_cfgs = default_cfgs_with_releases({f"resnet{d}_dense": imagenet_cfg() for d in (18, 34, 50)})
+# Channel-pruned ImageNet ResNets (the papers' cases): the same network, its widths from the checkpoint's config.
+PRUNED_RESNETS = {"resnet18_acp": 18, "resnet34_acp": 34, "resnet50_acp": 50, "resnet18_aip": 18, "resnet50_ucp": 50}
+
+default_cfgs = default_cfgs_with_releases(
+    {name: imagenet_cfg() for name in (*(f"resnet{d}_dense" for d in (18, 34, 50)), *PRUNED_RESNETS)}
+)
 
 
 def _create(variant: str, depth: int, pretrained: bool, **kwargs) -> ImageNetResNet:
@@ -213,3 +218,33 @@ def resnet50_dense(pretrained: bool = False, **kwargs) -> ImageNetResNet:
     """ResNet-50 for ImageNet (torchvision v1.5 layout), full precision; per-bottleneck widths of conv1
     (``inner_widths=``) and of the 3×3 conv2 (``mid_widths=``)."""
     return _create("resnet50_dense", 50, pretrained, **kwargs)
+
+
+@register_model
+def resnet18_acp(pretrained: bool = False, **kwargs) -> ImageNetResNet:
+    """ResNet-18 (ImageNet) pruned by ACP: each block's conv1 width from DBSCAN + particle-swarm search."""
+    return _create("resnet18_acp", 18, pretrained, **kwargs)
+
+
+@register_model
+def resnet34_acp(pretrained: bool = False, **kwargs) -> ImageNetResNet:
+    """ResNet-34 (ImageNet) pruned by ACP: each block's conv1 width from DBSCAN + particle-swarm search."""
+    return _create("resnet34_acp", 34, pretrained, **kwargs)
+
+
+@register_model
+def resnet50_acp(pretrained: bool = False, **kwargs) -> ImageNetResNet:
+    """ResNet-50 (ImageNet) pruned by ACP: one searched width per bottleneck, shared by its conv1 and conv2."""
+    return _create("resnet50_acp", 50, pretrained, **kwargs)
+
+
+@register_model
+def resnet18_aip(pretrained: bool = False, **kwargs) -> ImageNetResNet:
+    """ResNet-18 (ImageNet) pruned by AIP (adversarial iterative pruning with knowledge transfer)."""
+    return _create("resnet18_aip", 18, pretrained, **kwargs)
+
+
+@register_model
+def resnet50_ucp(pretrained: bool = False, **kwargs) -> ImageNetResNet:
+    """ResNet-50 (ImageNet) pruned by UCP: each bottleneck's middle 3×3 cut by its MSEB-gate scores."""
+    return _create("resnet50_ucp", 50, pretrained, **kwargs)

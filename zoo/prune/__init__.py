@@ -12,12 +12,13 @@ The methods' own rules live in ``ucp``, ``acp`` and ``aip``; ``l1`` is the magni
 
 from zoo.prune.apply import apply_plan, pruned_model_args
 from zoo.prune.layers import PrunableLayer, layer_widths, prunable_blocks, prunable_layers
-from zoo.prune.plan import PrunePlan, keep_top
+from zoo.prune.plan import PrunePlan, keep_all, keep_top
 
 __all__ = [
     "PrunableLayer",
     "PrunePlan",
     "apply_plan",
+    "keep_all",
     "keep_top",
     "layer_widths",
     "prunable_blocks",

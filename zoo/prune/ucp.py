@@ -4,6 +4,8 @@ A channel of a gated layer is important if its mean gate exceeds (1 ± λ) times
 ResNets: one inner width per stage; the papers' code does not say how it follows from the per-block counts, so
 here it is the mean of the stage's counts (rounded), each block keeping its own top-scoring channels. Bottleneck
 ResNets: only the gated middle 3×3 is pruned, each block to its own count; VGG: each conv to its own count.
+``unpruned`` lists prunable layers (by index) that keep every channel even though gated, as the reference's VGG
+script does with its skip list.
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ def important_counts(gates: Sequence[torch.Tensor], threshold_factor: float) -> 
 
 
 def ucp_plan(
-    se_model: nn.Module, batches: Iterable[torch.Tensor], threshold_factor: float
+    se_model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    threshold_factor: float,
+    unpruned: Sequence[int] = (),
 ) -> tuple[PrunePlan, list[torch.Tensor]]:
-    """The plan and the mean gates it came from (one per gated layer); ungated layers keep every channel."""
+    """The plan and the mean gates it came from (one per gated layer); ungated and ``unpruned`` layers keep
+    every channel."""
     layers = prunable_layers(se_model)
+    if any(not 0 <= i < len(layers) for i in unpruned):
+        raise ValueError(f"unpruned layer indices must be within 0..{len(layers) - 1}, got {list(unpruned)}")
     gated = [layer for layer in layers if layer.gate is not None]
     gates = mean_gates(se_model, batches)
     counts = important_counts(gates, threshold_factor)
@@ -36,4 +44,8 @@ def ucp_plan(
     else:
         widths = [max(1, c) for c in counts]
     kept = iter(keep_top(gates, widths).keep)
-    return PrunePlan([next(kept) if layer.gate is not None else torch.arange(layer.width) for layer in layers]), gates
+    plan = [next(kept) if layer.gate is not None else None for layer in layers]
+    return PrunePlan(
+        [torch.arange(layer.width) if keep is None or i in unpruned else keep
+         for i, (layer, keep) in enumerate(zip(layers, plan, strict=True))]
+    ), gates  # fmt: skip
