@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import yaml
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
@@ -21,8 +22,14 @@ from training.train import train_recipe
 
 PAPER = REPO_ROOT / "training" / "recipes" / "paper"
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "foolbox"
-CIFAR = sorted(PAPER.glob("*.cifar10.yaml"))
+CIFAR = sorted([*PAPER.glob("*.cifar10.yaml"), *PAPER.glob("*.cifar100.yaml")])
 IMAGENET_STEP1 = sorted(PAPER.glob("*.in1k.step1.yaml"))
+IMAGENET_PRUNING = sorted(PAPER.glob("*.in1k.yaml"))
+
+
+def _fixture(path: Path) -> str:
+    """The foolbox images a recipe smoke-tests on (CIFAR-100 recipes take the CIFAR-10 ones: labels 0-9 fit)."""
+    return "imagenet" if ".in1k." in path.name else "cifar10"
 
 
 def _smoke_overrides(dataset: str) -> list[str]:
@@ -37,17 +44,26 @@ def _smoke_overrides(dataset: str) -> list[str]:
 
 
 def _prune_overrides(path: Path, tmp_path: Path) -> list[str]:
-    """Point a pruning recipe at a one-step dense parent and shrink its search to a few images."""
+    """Point a pruning recipe at a one-step parent and shrink its search to a few images.
+
+    ``run:runs/<id>`` parents are their own paper recipe, trained for one step; ``torchvision:`` parents load
+    with random weights (see ``no_torchvision_downloads``).
+    """
     raw = yaml.safe_load(path.read_text())
     if "prune" not in raw:
         return []
-    parent = tmp_path / "parent"
-    if not (parent / "result.json").exists():
-        _one_step(PAPER / "resnet56.cifar10.yaml", parent)
-    overrides = [f"prune.parent=run:{parent}", "prune.score_images=8"]
+    overrides = ["prune.score_images=8"]
+    parent = raw["prune"].get("parent") or ""
+    if parent.startswith("run:runs/"):
+        parent_id = parent.removeprefix("run:runs/")
+        parent_dir = tmp_path / parent_id
+        if not (parent_dir / "result.json").exists():
+            _one_step(PAPER / f"{parent_id}.yaml", parent_dir)
+        parent = f"run:{parent_dir}"
+        overrides.append(f"prune.parent={parent}")
     if raw["prune"].get("parent_recipe"):  # UCP's SE parent: the paper recipe, one step on the same images
         se_recipe = yaml.safe_load((REPO_ROOT / raw["prune"]["parent_recipe"]).read_text())
-        for item in _smoke_overrides("cifar10"):
+        for item in _smoke_overrides(_fixture(path)):
             key, _, value = item.partition("=")
             section, leaf = key.split(".")
             se_recipe[section][leaf] = yaml.safe_load(value)
@@ -57,15 +73,17 @@ def _prune_overrides(path: Path, tmp_path: Path) -> list[str]:
         overrides += ["prune.fitness_images=8", "prune.swarm.particles=2", "prune.swarm.cycles=1", "data.holdout=4",
                       "data.limit=12"]  # fmt: skip
     if raw["prune"]["method"] == "aip":
-        overrides += ["prune.aip.steps=1", "prune.aip.recover_images=8", f"train.teacher.checkpoint=run:{parent}"]
+        overrides += ["prune.aip.steps=1", "prune.aip.recover_images=8"]
+        if parent.startswith("run:"):  # the dense parent teaches
+            overrides.append(f"train.teacher.checkpoint={parent}")
     return overrides
 
 
 def _one_step(path: Path, run_dir: Path, extra: list[str] | None = None) -> dict:
-    dataset = "imagenet" if ".in1k." in path.name else "cifar10"
+    dataset = _fixture(path)
     overrides = [
         *_smoke_overrides(dataset),
-        *(["train.teacher.pretrained=false"] if dataset == "imagenet" else []),
+        *(["train.teacher.pretrained=false"] if ".step" in path.name else []),
         *(extra or []),
     ]
     result = train_recipe(Recipe.load(path, overrides=overrides), run_dir)
@@ -74,10 +92,28 @@ def _one_step(path: Path, run_dir: Path, extra: list[str] | None = None) -> dict
     return result
 
 
+@pytest.fixture
+def no_torchvision_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchvision:<arch>.<weights>`` parents and teachers load torchvision's architecture with random weights
+    (the pretrained files cannot be downloaded here); the rest of the path runs as it does for users."""
+    get_model = torchvision.models.get_model
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, weights=None, **kw: get_model(name, **kw))
+
+
 @pytest.mark.parametrize("path", CIFAR, ids=lambda p: p.stem)
 def test_cifar_paper_recipe_takes_one_step(path: Path, tmp_path: Path) -> None:
     """Pruning recipes run their prune/search stage first (on a one-step parent), then one training step."""
     _one_step(path, tmp_path / "run", _prune_overrides(path, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", IMAGENET_PRUNING, ids=lambda p: p.stem)
+def test_imagenet_pruning_recipe_takes_one_step(path: Path, tmp_path: Path, no_torchvision_downloads: None) -> None:
+    """The ImageNet pruning recipes: their search stage on 224x224 images, then one step of the final training."""
+    result = _one_step(path, tmp_path / "run", _prune_overrides(path, tmp_path))
+    plan = json.loads((tmp_path / "run" / "prune" / "plan.json").read_text())
+    assert plan["pruned_summary"]["flops"] <= plan["parent_summary"]["flops"]
+    assert result["recipe"]["model"]["architecture"] == yaml.safe_load(path.read_text())["model"]["architecture"]
 
 
 @pytest.mark.slow
@@ -94,5 +130,6 @@ def test_imagenet_two_step_recipes_take_one_step_each(step1: Path, tmp_path: Pat
 
 def test_every_paper_recipe_is_smoke_tested() -> None:
     step2 = sorted(PAPER.glob("*.in1k.step2.yaml"))
-    assert len(CIFAR) + len(IMAGENET_STEP1) + len(step2) == len(list(PAPER.glob("*.yaml")))
+    tested = len(CIFAR) + len(IMAGENET_STEP1) + len(step2) + len(IMAGENET_PRUNING)
+    assert tested == len(list(PAPER.glob("*.yaml")))
     assert [p.name.replace("step2", "step1") for p in step2] == [p.name for p in IMAGENET_STEP1]
