@@ -25,6 +25,7 @@ from training.export import export_run
 from training.prune import PLAN_FILE, STAGE_DIR
 from training.recipe import Recipe
 from training.train import train_recipe
+from zoo.cli import _reference_entry, _versus_parent
 from zoo.measure import count_macs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,6 +97,33 @@ def test_l1_pipeline_exports_a_pruned_checkpoint_that_loads_from_its_config(tmp_
     rebuilt = timm.create_model("resnet20", in_chans=1, **config["model_args"])
     shapes = {k: v.shape for k, v in rebuilt.state_dict().items()}
     assert shapes == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_a_model_pruned_from_an_unreleased_run_is_compared_with_that_run(tmp_path: Path) -> None:
+    """A parent too large to release (e.g. the dense VGG-19) is a run: its top-1 and shape go into the card and
+    ``zoo list``, and it is timed beside the pruned model at export."""
+    dense = json.loads(json.dumps(TINY)) | {"id": "resnet20.tiny"}
+    (tmp_path / "dense.yaml").write_text(yaml.safe_dump(dense))
+    parent_run = tmp_path / "runs" / "resnet20.tiny"
+    parent_result = train_recipe(Recipe.load(tmp_path / "dense.yaml"), parent_run)
+    path = tiny_recipe(tmp_path, "l1", flops_reduction=0.4)
+    raw = yaml.safe_load(path.read_text())
+    raw["prune"]["parent"] = f"run:{parent_run}"
+    raw["export"].pop("dense_parent")
+    path.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "runs" / raw["id"]
+    train_recipe(Recipe.load(path), run_dir)
+
+    config = export_run(run_dir, dest_root=tmp_path / "models")
+    reference = config["zoo"]["compression"]["dense_reference"]
+    assert reference["id"] == "resnet20.tiny" and reference["released"] is False
+    assert reference["top1"] == parent_result["metrics"]["top1"] == config["zoo"]["metrics"]["dense_parent_top1"]
+    assert reference["flops"] == json.loads((run_dir / STAGE_DIR / PLAN_FILE).read_text())["parent_summary"]["flops"]
+    assert "dense parent (fp32)" in config["zoo"]["speed"]["results"]
+    card = (tmp_path / "models" / raw["id"] / "README.md").read_text()
+    assert "`resnet20.tiny` (not released" in card and "CPU speed-up at batch 64" in card
+    entry = {"compression": config["zoo"]["compression"], "metrics": config["zoo"]["metrics"]}
+    assert _versus_parent(entry, _reference_entry(entry)).startswith("resnet20.tiny (not released): OPs -4")
 
 
 @pytest.mark.slow

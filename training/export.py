@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import zoo
 from training.prune import PLAN_FILE, STAGE_DIR
 from training.recipe import Recipe
-from training.trainer import create_recipe_model
+from training.trainer import RUN_PREFIX, create_recipe_model, load_trained_model
 from zoo.bench import bench_models, speed_candidates
 from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
@@ -45,6 +45,19 @@ def parent_metrics(parent_id: str | None) -> dict[str, Any]:
     return {"dense_parent_top1": entry["metrics"]["top1"]}
 
 
+def unreleased_parent(pruning: dict[str, Any] | None) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+    """For a model pruned from a training run that is not released (too large to ship, e.g. a dense VGG-19):
+    that run's model (to time beside this one) and what the card and ``zoo list`` show of it."""
+    reference = (pruning or {}).get("parent") or ""
+    if not reference.startswith(RUN_PREFIX):
+        return None, {}
+    result = json.loads((Path(reference[len(RUN_PREFIX) :]) / "result.json").read_text())
+    parent_recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
+    fields = {"id": parent_recipe.id, "recipe": result.get("recipe_path"), "released": False,
+              **pruning["parent_summary"], "top1": result["metrics"]["top1"]}  # fmt: skip
+    return load_trained_model(reference), fields
+
+
 PRUNING_RECORD_FIELDS = ("parent", "parent_summary", "pruned_summary", "stage_seconds", "criterion",
                          "important_counts", "cluster_widths", "search_widths", "best_holdout_top1",
                          "fitness_evaluations", "history", "swarm", "steps", "settings")  # fmt: skip
@@ -66,6 +79,7 @@ def build_config(
     metrics: dict[str, Any],
     speed: dict[str, Any],
     pruning: dict[str, Any] | None = None,
+    dense_reference: dict[str, Any] | None = None,
 ) -> dict:
     """config.json: timm's fields at the root (so timm's hf-hub loader reads it) and the zoo's under ``zoo``."""
     spec = dataset_spec(recipe.data.dataset)
@@ -91,6 +105,7 @@ def build_config(
                 "method": recipe.export.method,
                 "dense_parent": recipe.export.dense_parent,
                 "finetuned_from": recipe.export.finetuned_from,
+                **({"dense_reference": dense_reference} if dense_reference else {}),
                 "weight_bits": 1 if binary else 32,
                 "activation_bits": 1 if binary else 32,
                 **summary,
@@ -101,6 +116,7 @@ def build_config(
                 "split": "test",
                 **metrics,
                 **parent_metrics(recipe.export.dense_parent),
+                **({"dense_parent_top1": dense_reference["top1"]} if dense_reference else {}),
             },
             "speed": speed,
             **({"pruning": pruning} if pruning else {}),
@@ -133,15 +149,18 @@ def export_run(
     logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)
     metrics = {**accuracy(logits, test_y), **(extra_metrics or {})}
     golden = {"images": test_x[:GOLDEN_IMAGES].contiguous(), "logits": logits[:GOLDEN_IMAGES].contiguous()}
-    parent = recipe.export.dense_parent
-    speed = bench_models(
-        speed_candidates(recipe.id, model, zoo.from_pretrained(parent) if parent else None), spec.input_size
+    pruning = pruning_record(run_dir)
+    parent, dense_reference = (
+        (zoo.from_pretrained(recipe.export.dense_parent), None)
+        if recipe.export.dense_parent
+        else unreleased_parent(pruning)
     )
+    speed = bench_models(speed_candidates(recipe.id, model, parent), spec.input_size)
     dest_root = dest_root or models_dir()
     config = write_checkpoint_folder(
         dest_root / recipe.id,
         pack_binary_weights(model, state_dict_for_saving(model)),
-        build_config(model, recipe, result, metrics, speed, pruning_record(run_dir)),
+        build_config(model, recipe, result, metrics, speed, pruning, dense_reference),
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )

@@ -76,11 +76,18 @@ def _comparison(label: str, reference: float, top1: float) -> str:
     return f"| {label} | {reference:.2f} % (this model: {gap:+.2f} points) |\n"
 
 
+def _unreleased(reference: dict[str, Any]) -> str:
+    return f"`{reference['id']}` (not released; recipe `{reference['recipe']}`)"
+
+
 def _comparison_rows(comp: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Rows comparing the model with its dense parent and, for fine-tuned models, with training from scratch."""
     rows = ""
     if comp.get("dense_parent") and "dense_parent_top1" in metrics:
         rows += _comparison(f"top-1 of the dense parent `{comp['dense_parent']}`, same split",
+                            metrics["dense_parent_top1"], metrics["top1"])  # fmt: skip
+    elif comp.get("dense_reference"):
+        rows += _comparison(f"top-1 of the dense parent {_unreleased(comp['dense_reference'])}, same split",
                             metrics["dense_parent_top1"], metrics["top1"])  # fmt: skip
     if "scratch_top1" in metrics:
         rows += _comparison("same architecture trained from scratch, same data and budget",
@@ -124,12 +131,14 @@ def _pruning_section(meta: dict[str, Any]) -> str:
     if not pruning:
         return ""
     before, after = pruning["parent_summary"], meta["compression"]
+    reference = after.get("dense_reference")
+    parent = _unreleased(reference) if reference else f"`{pruning['parent']}`"
     metrics = meta["metrics"]
     flops_ratio = before["flops"] / after["flops"]
     lines = [
         "## Pruning",
         "",
-        f"Parent `{pruning['parent']}`; method `{pruning['method']}`; the pruned inner widths are in `model_args`.",
+        f"Parent {parent}; method `{pruning['method']}`; the pruned widths are in `model_args`.",
         "",
         "| | dense parent | this model | change |",
         "| --- | --- | --- | --- |",

@@ -35,9 +35,17 @@ def _list_rows() -> list[dict[str, Any]]:
             "size": f"{e['file_size'] / 1e6:.2f}MB",
             "top-1": f"{e['metrics']['top1']:.2f}",
             "dataset": e["metrics"]["dataset"],
-            "vs dense parent": _versus_parent(e, manifest.get(comp.get("dense_parent") or "")),
+            "vs dense parent": _versus_parent(e, manifest.get(comp.get("dense_parent") or "") or _reference_entry(e)),
         })  # fmt: skip
     return rows
+
+
+def _reference_entry(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """An unreleased dense parent (recorded in the checkpoint's config) in the shape of a manifest entry."""
+    reference = entry["compression"].get("dense_reference")
+    if reference is None:
+        return None
+    return {"id": f"{reference['id']} (not released)", "compression": reference, "metrics": reference}
 
 
 def _versus_parent(entry: dict[str, Any], parent: dict[str, Any] | None) -> str:
