@@ -138,7 +138,10 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     assert {r["name"] for r in result["rows"]} >= {"resnet18 stage1 56x56x64", "resnet20 28x28x16"}
     for row in result["rows"]:
         assert row["ms"] > 0 and row["speedup"] == pytest.approx(row["baseline_ms"] / row["ms"], rel=0.01)
-    assert result["checkpoint_size"]["packed"]["resnet18_bireal"]["bytes"] > 0
+    sizes = result["checkpoint_size"]
+    for arch, fp32 in sizes["packed"].items():
+        assert 0 < sizes["packed_float16_head"][arch]["bytes"] < fp32["bytes"]
+        assert fp32["times_smaller"] == pytest.approx(sizes["torchvision resnet18 fp32 bytes"] / fp32["bytes"], 0.01)
 
 
 def test_bench_checkpoint_measures_the_packed_model_beside_its_dense_parent(capsys):

@@ -237,3 +237,36 @@ def test_released_bnn_inference_form_on_its_whole_test_split(checkpoint_id: str)
     assert torch.equal(out, ref)  # the unfolded, layout-keeping inference form is bit-exact
     for folded in (zoo.to_inference(model), zoo.to_inference(model, channels_last=True)):
         assert torch.equal(predict_logits(folded, images, spec.mean, spec.std).argmax(1), ref.argmax(1))
+
+
+def test_float16_head_storage_halves_the_classifier_only_and_loads_widened() -> None:
+    model = _trained_like("resnet20_sdbnn")
+    fp32 = pack_binary_weights(model, state_dict_for_saving(model))
+    half = pack_binary_weights(model, state_dict_for_saving(model), float16_head=True)
+    assert fp32.keys() == half.keys()
+    assert [k for k, v in half.items() if v.dtype == torch.float16] == ["fc.weight"]
+    assert all(torch.equal(v, fp32[k]) for k, v in half.items() if k != "fc.weight")
+    fresh = _trained_like("resnet20_sdbnn")
+    loaded = unpack_binary_weights(half, fresh)
+    assert all(v.dtype == fresh.state_dict()[k].dtype for k, v in loaded.items())
+    fresh.load_state_dict(loaded, strict=True)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        # the classifier comes after the last binarisation: only half-precision rounding of the logits' weights
+        torch.testing.assert_close(fresh.eval()(x), model(x), rtol=1e-2, atol=1e-2)
+        assert torch.equal(zoo.to_inference(fresh, fold_bn=False)(x), fresh(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint_id", BINARY_RELEASES)
+def test_float16_head_of_released_bnns_keeps_their_predictions(checkpoint_id: str) -> None:
+    """What a float16 classifier costs a trained BNN, on the whole test split: at most 0.05% of predictions."""
+    model = zoo.from_pretrained(checkpoint_id)
+    stored = zoo.from_pretrained(checkpoint_id)
+    half = pack_binary_weights(model, state_dict_for_saving(model), float16_head=True)
+    stored.load_state_dict(unpack_binary_weights(half, stored), strict=True)
+    spec = dataset_spec(load_manifest()[checkpoint_id]["metrics"]["dataset"])
+    images, _ = to_tensors(load_dataset(spec.name, "test"), spec)
+    ref = predict_logits(model, images, spec.mean, spec.std).argmax(1)
+    out = predict_logits(stored, images, spec.mean, spec.std).argmax(1)
+    assert (out != ref).float().mean().item() <= 0.0005

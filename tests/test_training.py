@@ -170,6 +170,21 @@ def test_export_and_load(straight_run, tmp_path):
     torch.testing.assert_close(logits, golden["logits"], rtol=0, atol=1e-4)
 
 
+def test_export_with_a_float16_head_measures_and_ships_the_stored_model(straight_run, tmp_path):
+    config = export_run(straight_run, dest_root=tmp_path / "models", float16_head=True)
+    folder = tmp_path / "models" / "resnet20.tinytest"
+    stored = load_file(folder / "model.safetensors")
+    assert [k for k, v in stored.items() if v.dtype == torch.float16] == ["fc.weight"]
+    assert config["zoo"]["storage"]["classifier_weights"] == "float16"
+    assert "classifier weight matrix: float16" in (folder / "README.md").read_text()
+    model = zoo.from_pretrained(f"local-dir:{folder}")
+    assert model.fc.weight.dtype == torch.float32
+    golden = load_file(folder / GOLDEN_FILE)  # logits of the model as stored, reproduced exactly after loading
+    cfg = model.pretrained_cfg
+    logits = predict_logits(model, golden["images"], tuple(cfg["mean"]), tuple(cfg["std"]))
+    torch.testing.assert_close(logits, golden["logits"], rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ data parallel
 
 

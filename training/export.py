@@ -23,7 +23,7 @@ from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
-from zoo.inference import pack_binary_weights
+from zoo.inference import pack_binary_weights, unpack_binary_weights
 from zoo.measure import model_summary
 from zoo.registry import manifest_entry, models_dir, repo_root, write_manifest
 
@@ -80,6 +80,7 @@ def build_config(
     speed: dict[str, Any],
     pruning: dict[str, Any] | None = None,
     dense_reference: dict[str, Any] | None = None,
+    float16_head: bool = False,
 ) -> dict:
     """config.json: timm's fields at the root (so timm's hf-hub loader reads it) and the zoo's under ``zoo``."""
     spec = dataset_spec(recipe.data.dataset)
@@ -118,6 +119,14 @@ def build_config(
                 **parent_metrics(recipe.export.dense_parent),
                 **({"dense_parent_top1": dense_reference["top1"]} if dense_reference else {}),
             },
+            "storage": {
+                "binary_weights": "1 bit each: <conv>.weight_packed, signs OHWI packed along input channels, "
+                "64 per int64 word"
+                if binary
+                else "none",
+                "classifier_weights": "float16" if float16_head else "float32",
+                "other_weights": "float32",
+            },
             "speed": speed,
             **({"pruning": pruning} if pruning else {}),
             "training": {
@@ -134,17 +143,25 @@ def build_config(
 
 
 def export_run(
-    run_dir: Path, dest_root: Path | None = None, extra_metrics: dict[str, Any] | None = None
+    run_dir: Path,
+    dest_root: Path | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+    float16_head: bool = False,
 ) -> dict[str, Any]:
     """Write ``<dest_root>/<id>`` from a finished run and refresh the package manifest.
 
     ``extra_metrics`` (e.g. the from-scratch accuracy a fine-tuned model is compared with) go into config.json.
+    ``float16_head`` stores the classifier's weight matrix in float16 (the top-1 is then measured on the model
+    as stored).
     """
     result = json.loads((run_dir / "result.json").read_text())
     recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
     spec = dataset_spec(recipe.data.dataset)
     model = create_recipe_model(recipe)
     model.load_state_dict(load_file(run_dir / "final.safetensors"), strict=True)
+    stored = pack_binary_weights(model, state_dict_for_saving(model), float16_head)
+    if float16_head:  # measure the model as it will load: a half-precision classifier
+        model.load_state_dict(unpack_binary_weights(stored, model), strict=True)
     test_x, test_y = to_tensors(load_dataset(spec.name, "test"), spec)
     logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)
     metrics = {**accuracy(logits, test_y), **(extra_metrics or {})}
@@ -159,8 +176,8 @@ def export_run(
     dest_root = dest_root or models_dir()
     config = write_checkpoint_folder(
         dest_root / recipe.id,
-        pack_binary_weights(model, state_dict_for_saving(model)),
-        build_config(model, recipe, result, metrics, speed, pruning, dense_reference),
+        stored,
+        build_config(model, recipe, result, metrics, speed, pruning, dense_reference, float16_head),
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )
@@ -173,8 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--models-dir", type=Path, help="default: the repository's models/")
+    parser.add_argument(
+        "--float16-head",
+        action="store_true",
+        help="store the classifier's weight matrix in float16 (top-1 measured on the stored model)",
+    )
     args = parser.parse_args(argv)
-    config = export_run(args.run_dir, args.models_dir)
+    config = export_run(args.run_dir, args.models_dir, float16_head=args.float16_head)
     meta = config["zoo"]
     print(f"exported {meta['id']}: top-1 {meta['metrics']['top1']:.2f}% "
           f"sha256 {meta['files']['model.safetensors']['sha256'][:12]}")  # fmt: skip

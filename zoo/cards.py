@@ -157,6 +157,14 @@ def _pruning_section(meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _storage(storage: dict[str, str] | None) -> str:
+    """How the weights are stored (checkpoints exported before this was recorded: float32, binary packed)."""
+    storage = storage or {}
+    binary = storage.get("binary_weights", "1 bit each, packed (BNNs)")
+    head = storage.get("classifier_weights", "float32")
+    return f"binary weights: {binary}; classifier weight matrix: {head}; everything else float32"
+
+
 def render_card(config: dict[str, Any]) -> str:
     """The README.md of a checkpoint folder."""
     from zoo.registry import HF_ORG
@@ -188,6 +196,7 @@ def render_card(config: dict[str, Any]) -> str:
         "dense_parent": comp.get("dense_parent") or "none",
         "finetuned_from": comp.get("finetuned_from") or "none",
         "size": f"{weights['size']:,} bytes",
+        "storage": _storage(meta.get("storage")),
         "sha256": weights["sha256"],
         "input_size": " x ".join(str(s) for s in config["pretrained_cfg"]["input_size"]),
         "model_args": json.dumps(config.get("model_args", {})),

@@ -183,9 +183,11 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     print(_table(rows, list(rows[0])))
     sizes = result["checkpoint_size"]
-    print(f"checkpoint size vs torchvision resnet18 fp32 ({sizes['torchvision resnet18 fp32 bytes'] / 1e6:.2f} MB): "
-          + ", ".join(f"{k} packed {v['bytes'] / 1e6:.2f} MB ({v['times_smaller']:.1f}x smaller)"
-                      for k, v in sizes["packed"].items()))  # fmt: skip
+    print(f"checkpoint size vs torchvision resnet18 fp32 ({sizes['torchvision resnet18 fp32 bytes'] / 1e6:.2f} MB):")
+    for key, floats in (("packed", "float32"), ("packed_float16_head", "float16")):
+        print(f"  packed, classifier in {floats}: "
+              + ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB ({v['times_smaller']:.1f}x smaller)"
+                          for k, v in sizes[key].items()))  # fmt: skip
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
