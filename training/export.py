@@ -23,7 +23,7 @@ from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
-from zoo.inference import pack_binary_weights, unpack_binary_weights
+from zoo.inference import PACKED_LAYOUT, pack_binary_weights, unpack_binary_weights
 from zoo.measure import model_summary
 from zoo.registry import manifest_entry, models_dir, repo_root, write_manifest
 
@@ -120,10 +120,7 @@ def build_config(
                 **({"dense_parent_top1": dense_reference["top1"]} if dense_reference else {}),
             },
             "storage": {
-                "binary_weights": "1 bit each: <conv>.weight_packed, signs OHWI packed along input channels, "
-                "64 per int64 word"
-                if binary
-                else "none",
+                "binary_weights": PACKED_LAYOUT if binary else "none",
                 "classifier_weights": "float16" if float16_head else "float32",
                 "other_weights": "float32",
             },

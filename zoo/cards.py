@@ -9,6 +9,7 @@ import json
 import string
 from typing import Any
 
+from zoo.inference import PACKED_LAYOUT
 from zoo.registry import repo_root
 
 CARDS_DIR = repo_root() / "cards"
@@ -157,10 +158,10 @@ def _pruning_section(meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _storage(storage: dict[str, str] | None) -> str:
-    """How the weights are stored (checkpoints exported before this was recorded: float32, binary packed)."""
-    storage = storage or {}
-    binary = storage.get("binary_weights", "1 bit each, packed (BNNs)")
+def _storage(meta: dict[str, Any]) -> str:
+    """How the weights are stored (configs exported before this was recorded: binary packed, all else float32)."""
+    storage = meta.get("storage") or {}
+    binary = storage.get("binary_weights", PACKED_LAYOUT if meta["compression"]["weight_bits"] == 1 else "none")
     head = storage.get("classifier_weights", "float32")
     return f"binary weights: {binary}; classifier weight matrix: {head}; everything else float32"
 
@@ -196,7 +197,7 @@ def render_card(config: dict[str, Any]) -> str:
         "dense_parent": comp.get("dense_parent") or "none",
         "finetuned_from": comp.get("finetuned_from") or "none",
         "size": f"{weights['size']:,} bytes",
-        "storage": _storage(meta.get("storage")),
+        "storage": _storage(meta),
         "sha256": weights["sha256"],
         "input_size": " x ".join(str(s) for s in config["pretrained_cfg"]["input_size"]),
         "model_args": json.dumps(config.get("model_args", {})),

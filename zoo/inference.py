@@ -30,6 +30,7 @@ from zoo.nn import BinaryConv2d
 from zoo.nn.self_distribution import ActivationSelfDistribution
 
 PACKED_SUFFIX = ".weight_packed"
+PACKED_LAYOUT = "1 bit each: <conv>.weight_packed, signs OHWI packed along input channels, 64 per int64 word"
 
 
 class PackedBinaryConv2d(nn.Module):
