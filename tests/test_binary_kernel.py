@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_inputs import LAYOUTS, in_layout, with_ties
 
 import zoo.kernels as zk
 from zoo.kernels import _build
@@ -49,42 +50,6 @@ def _reference(x: torch.Tensor, w: torch.Tensor, stride, padding, tau=None) -> t
     return F.conv2d(hard_sign(xs.contiguous()), hard_sign(w.float()), stride=stride, padding=padding)
 
 
-def _with_ties(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Sprinkle exact +0.0 and -0.0 (both binarize to +1) into a random tensor."""
-    r = torch.rand(t.shape, generator=gen)
-    t = torch.where(r < 0.05, torch.zeros_like(t), t)
-    return torch.where(r > 0.95, torch.full_like(t, -0.0), t)
-
-
-def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values in another memory layout."""
-    n, c, h, w = x.shape
-    if kind == "channels_last":
-        return x.to(memory_format=torch.channels_last)
-    if kind == "misaligned":  # storage offset of one float: the data pointer is 4 bytes off any vector alignment
-        buf = torch.empty(x.numel() + 1)
-        buf[1:] = x.reshape(-1)
-        return buf[1:].view(n, c, h, w)
-    if kind == "misaligned_cl":
-        buf = torch.empty(x.numel() + 3)
-        buf[3:] = x.permute(0, 2, 3, 1).reshape(-1)
-        return buf[3:].view(n, h, w, c).permute(0, 3, 1, 2)
-    if kind == "channel_slice":  # channel stride 2*H*W, width stride 1
-        big = torch.zeros(n, 2 * c, h, w)
-        big[:, ::2] = x
-        return big[:, ::2]
-    if kind == "width_slice":  # width stride 2: the fully strided path
-        big = torch.zeros(n, c, h, 2 * w)
-        big[..., ::2] = x
-        return big[..., ::2]
-    if kind == "transposed":  # H and W strides swapped
-        return x.transpose(2, 3).contiguous().transpose(2, 3)
-    return x
-
-
-LAYOUTS = ["contiguous", "channels_last", "misaligned", "misaligned_cl", "channel_slice", "width_slice", "transposed"]
-
-
 def _random_cases(count: int, seed: int):
     rng = random.Random(seed)
     cases = []
@@ -103,10 +68,10 @@ def _random_cases(count: int, seed: int):
 def test_random_shapes_match_conv2d(path):
     gen = torch.Generator().manual_seed(0)
     for n, c, h, w, o, k, s, p, layout in _random_cases(40, seed=1):
-        x = _with_ties(torch.randn(n, c, h, w, generator=gen), gen)
-        wt = _with_ties(torch.randn(o, c, k, k, generator=gen), gen)
+        x = with_ties(torch.randn(n, c, h, w, generator=gen), gen)
+        wt = with_ties(torch.randn(o, c, k, k, generator=gen), gen)
         packed = zk.pack_weights(wt)
-        y = zk.binary_conv2d(_layout(x, layout), packed, o, c, k, stride=s, padding=p)
+        y = zk.binary_conv2d(in_layout(x, layout), packed, o, c, k, stride=s, padding=p)
         ref = _reference(x, wt, s, p)
         assert y.dtype == torch.float32 and y.shape == ref.shape, (y.shape, ref.shape)
         assert torch.equal(y, ref), f"mismatch for N={n} C={c} {h}x{w} O={o} k={k} s={s} p={p} {layout} ({path})"
@@ -140,7 +105,7 @@ def _ref_words(bits: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("c", [1, 63, 64, 65, 130])
 def test_weight_packing_layout_and_roundtrip(path, c):
     gen = torch.Generator().manual_seed(c)
-    w = _with_ties(torch.randn(5, c, 3, 3, generator=gen), gen)
+    w = with_ties(torch.randn(5, c, 3, 3, generator=gen), gen)
     packed = zk.pack_weights(w)
     assert packed.dtype == torch.int64 and packed.shape == (5, 3, 3, (c + 63) // 64)
     assert torch.equal(packed, _ref_words((w >= 0).permute(0, 2, 3, 1)))  # OHWI, bit c%64 of word c//64, tail 0
@@ -152,11 +117,11 @@ def test_weight_packing_layout_and_roundtrip(path, c):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_activation_packing_layout(path, layout):
+def test_activation_packingin_layout(path, layout):
     gen = torch.Generator().manual_seed(3)
     for c in (1, 65, 130):
-        x = _with_ties(torch.randn(2, c, 5, 19, generator=gen), gen)
-        packed = zk.pack_activations(_layout(x, layout))
+        x = with_ties(torch.randn(2, c, 5, 19, generator=gen), gen)
+        packed = zk.pack_activations(in_layout(x, layout))
         assert packed.shape == (2, 5, 19, (c + 63) // 64)
         assert torch.equal(packed, _ref_words((x >= 0).permute(0, 2, 3, 1)))
         assert torch.equal(zk.unpack_activations(packed, c), hard_sign(x))

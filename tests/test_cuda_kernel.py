@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_inputs import LAYOUTS as ALL_LAYOUTS
+from kernel_inputs import in_layout, with_ties
 
 import zoo.kernels as zk
 from zoo.kernels import cuda as zkc
@@ -30,6 +32,7 @@ CUDA_DIR = Path(zkc.__file__).resolve().parent
 KERNEL_SOURCE = CUDA_DIR / "binary_conv_cuda.cu"
 AND_MMA = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc"
 ARCHS = ("80", "90")
+LAYOUTS = [k for k in ALL_LAYOUTS if k != "misaligned"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -45,38 +48,6 @@ def _sign(t: torch.Tensor) -> torch.Tensor:
 def _reference(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
     """F.conv2d on the ±1 tensors on the CPU (float32 sums of ±1 are exact)."""
     return F.conv2d(_sign(x.detach().cpu()), _sign(w.detach().cpu()), stride=stride, padding=padding)
-
-
-def _with_ties(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Sprinkle exact +0.0 and -0.0 (both binarize to +1) into a random tensor."""
-    r = torch.rand(t.shape, generator=gen)
-    t = torch.where(r < 0.05, torch.zeros_like(t), t)
-    return torch.where(r > 0.95, torch.full_like(t, -0.0), t)
-
-
-def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values in another memory layout (on x's device)."""
-    n, c, h, w = x.shape
-    if kind == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if kind == "misaligned_cl":  # channels_last with a storage offset of 3 elements
-        buf = torch.empty(x.numel() + 3, dtype=x.dtype, device=x.device)
-        buf[3:] = x.permute(0, 2, 3, 1).reshape(-1)
-        return buf[3:].view(n, h, w, c).permute(0, 3, 1, 2)
-    if kind == "channel_slice":  # channel stride 2*H*W
-        big = torch.zeros(n, 2 * c, h, w, dtype=x.dtype, device=x.device)
-        big[:, ::2] = x
-        return big[:, ::2]
-    if kind == "width_slice":  # width stride 2
-        big = torch.zeros(n, c, h, 2 * w, dtype=x.dtype, device=x.device)
-        big[..., ::2] = x
-        return big[..., ::2]
-    if kind == "transposed":  # H and W strides swapped
-        return x.transpose(2, 3).contiguous().transpose(2, 3)
-    return x.contiguous()
-
-
-LAYOUTS = ["contiguous", "channels_last", "misaligned_cl", "channel_slice", "width_slice", "transposed"]
 
 
 def _tail_mask(c: int) -> int:
@@ -255,7 +226,7 @@ def test_and_popcount_formulation_matches_conv2d():
         n, h, w = rng.randint(1, 3), rng.randint(1, 9), rng.randint(1, 9)
         if h + 2 * p < k or w + 2 * p < k:
             continue
-        x = _with_ties(torch.randn(n, c, h, w, generator=gen), gen)
+        x = with_ties(torch.randn(n, c, h, w, generator=gen), gen)
         wt, packed = _random_packed_weights(o, c, k, k, gen)
         act = zk.pack_activations(x)
         if c % 64:
@@ -324,13 +295,13 @@ def _conv_cases(count: int, seed: int):
 def test_pack_matches_cpu(ext, dtype, layout):
     gen = torch.Generator().manual_seed(1)
     for n, c, h, w in ((2, 1, 5, 7), (3, 65, 4, 9), (1, 130, 6, 5), (2, 300, 3, 3), (1, 64, 1, 1)):
-        x = _with_ties(torch.randn(n, c, h, w, generator=gen), gen).to(dtype)
+        x = with_ties(torch.randn(n, c, h, w, generator=gen), gen).to(dtype)
         x.view(-1)[::17] = float("nan")
         for tau in (None, 0.25, torch.randn(c, generator=gen).to(dtype), torch.randn(n, c, generator=gen).to(dtype)):
             if isinstance(tau, torch.Tensor):
                 x[:, :, 0, 0] = tau  # exact ties with the threshold: bit 1
             expected = zk.pack_activations(x, tau)
-            xg = _layout(x.to(DEV), layout)
+            xg = in_layout(x.to(DEV), layout)
             taug = tau.to(DEV) if isinstance(tau, torch.Tensor) else tau
             got = zkc.cuda_pack_activations(xg, taug)
             assert got.device.type == "cuda" and got.dtype == torch.int64 and got.shape == expected.shape
@@ -341,12 +312,12 @@ def test_pack_matches_cpu(ext, dtype, layout):
 def test_random_shapes_match_conv2d_and_cpu_kernel(ext):
     gen = torch.Generator().manual_seed(0)
     for n, c, h, w, o, k, s, p, layout in _conv_cases(60, seed=1):
-        x = _with_ties(torch.randn(n, c, h, w, generator=gen), gen)
-        wt = _with_ties(torch.randn(o, c, k, k, generator=gen), gen)
+        x = with_ties(torch.randn(n, c, h, w, generator=gen), gen)
+        wt = with_ties(torch.randn(o, c, k, k, generator=gen), gen)
         packed = zk.pack_weights(wt)
         ref = _reference(x, wt, s, p)
         what = f"N={n} C={c} {h}x{w} O={o} k={k} s={s} p={p} {layout}"
-        xg = _layout(x.to(DEV), layout)
+        xg = in_layout(x.to(DEV), layout)
         y = zkc.cuda_binary_conv2d(xg, packed, o, c, k, stride=s, padding=p)
         assert y.device.type == "cuda" and y.dtype == torch.float32 and y.shape == ref.shape, what
         assert y.is_contiguous(memory_format=torch.channels_last), what
