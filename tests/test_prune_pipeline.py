@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import zoo
 from training.export import export_run
-from training.prune import PLAN_FILE, STAGE_DIR
+from training.prune import PLAN_FILE, STAGE_DIR, TrainingImages, _short_training
 from training.recipe import Recipe
 from training.train import train_recipe
 from zoo.cli import _reference_entry, _versus_parent
@@ -124,6 +124,17 @@ def test_a_model_pruned_from_an_unreleased_run_is_compared_with_that_run(tmp_pat
     assert "`resnet20.tiny` (not released" in card and "CPU speed-up at batch 64" in card
     entry = {"compression": config["zoo"]["compression"], "metrics": config["zoo"]["metrics"]}
     assert _versus_parent(entry, _reference_entry(entry)).startswith("resnet20.tiny (not released): OPs -4")
+
+
+def test_acp_fitness_training_runs_as_many_epochs_as_its_image_budget_needs(tmp_path: Path) -> None:
+    recipe = Recipe.load(tiny_recipe(tmp_path, "acp"))  # 312 training images left: 4 batches of 64 per epoch
+    images = TrainingImages(recipe)
+    model = timm.create_model("resnet20", in_chans=1)
+    seen = []
+    model.register_forward_hook(lambda _m, inputs, _out: seen.append(len(inputs[0])))
+    recipe.prune.fitness_images = 640
+    _short_training(model, images, recipe, seed=0)
+    assert seen == [64] * 10  # 2.5 epochs
 
 
 @pytest.mark.slow

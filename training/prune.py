@@ -10,7 +10,9 @@ then runs on the recipe resolved here: the pruned widths as ``model.args``, and 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,11 +143,12 @@ def _short_training(model: torch.nn.Module, images: TrainingImages, recipe: Reci
     loader = BatchIterator(images.train_x, images.train_y, r.train.batch_size, transform, shuffle=True,
                            augment=True, seed=seed, drop_last=True)  # fmt: skip
     optimizer = torch.optim.SGD(model.parameters(), lr=p.fitness_lr, momentum=0.9, weight_decay=1e-4)
+    if len(loader) == 0:
+        raise ValueError(f"ACP's fitness training needs at least one batch of {r.train.batch_size} training images")
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    for step, (x, y) in enumerate(loader.epoch(0)):
-        if step * r.train.batch_size >= p.fitness_images:
-            break
+    batches = itertools.chain.from_iterable(loader.epoch(epoch) for epoch in itertools.count())
+    for x, y in itertools.islice(batches, math.ceil(p.fitness_images / r.train.batch_size)):  # epochs as needed
         loss = torch.nn.functional.cross_entropy(model(x.to(accelerator.device)), y.to(accelerator.device))
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
