@@ -100,19 +100,19 @@ def test_l1_pipeline_exports_a_pruned_checkpoint_that_loads_from_its_config(tmp_
 
 
 def test_a_model_pruned_from_an_unreleased_run_is_compared_with_that_run(tmp_path: Path) -> None:
-    """A parent too large to release (e.g. the dense VGG-19) is a run: its top-1 and shape go into the card and
-    ``zoo list``, and it is timed beside the pruned model at export."""
+    """A parent too large to release (e.g. the dense VGG-19) is a run, trained first by its recipe when missing:
+    its top-1 and shape go into the card and ``zoo list``, and it is timed beside the pruned model at export."""
     dense = json.loads(json.dumps(TINY)) | {"id": "resnet20.tiny"}
     (tmp_path / "dense.yaml").write_text(yaml.safe_dump(dense))
     parent_run = tmp_path / "runs" / "resnet20.tiny"
-    parent_result = train_recipe(Recipe.load(tmp_path / "dense.yaml"), parent_run)
     path = tiny_recipe(tmp_path, "l1", flops_reduction=0.4)
     raw = yaml.safe_load(path.read_text())
-    raw["prune"]["parent"] = f"run:{parent_run}"
+    raw["prune"] |= {"parent": f"run:{parent_run}", "parent_run_recipe": str(tmp_path / "dense.yaml")}
     raw["export"].pop("dense_parent")
     path.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "runs" / raw["id"]
     train_recipe(Recipe.load(path), run_dir)
+    parent_result = json.loads((parent_run / "result.json").read_text())
 
     config = export_run(run_dir, dest_root=tmp_path / "models")
     reference = config["zoo"]["compression"]["dense_reference"]

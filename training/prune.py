@@ -23,7 +23,7 @@ from accelerate import Accelerator, PartialState
 from safetensors.torch import save_file
 
 from training.recipe import Recipe, section_from_dict
-from training.trainer import Trainer, create_recipe_model, load_trained_model, training_and_holdout
+from training.trainer import RUN_PREFIX, Trainer, create_recipe_model, load_trained_model, training_and_holdout
 from zoo.data import BatchAugment, BatchIterator, dataset_spec
 from zoo.data.augment import normalize
 from zoo.evaluate import accuracy, predict_logits
@@ -83,6 +83,8 @@ def load_parent(recipe: Recipe, stage: Path) -> torch.nn.Module:
     Without ``prune.parent``, UCP's reference is its SE-augmented parent with the gates removed: the dense shape.
     """
     p = recipe.prune
+    if p.parent and p.parent.startswith(RUN_PREFIX) and p.parent_run_recipe:  # train it first when missing
+        return train_parent_recipe(p.parent_run_recipe, Path(p.parent[len(RUN_PREFIX) :]))
     if p.parent:
         return load_trained_model(p.parent)
     if p.method == "ucp" and p.parent_recipe:

@@ -109,6 +109,7 @@ class PruneSection:
     # The trained dense parent (checkpoint id, local-dir:/hf-hub:, run:<run dir> or torchvision:<arch>[.<weights>]):
     # the weights pruned and the reference. UCP may leave it out: the SE parent without its gates is the reference.
     parent: str | None = None
+    parent_run_recipe: str | None = None  # the recipe that trains a run:<dir> parent, run first when it is missing
     parent_recipe: str | None = None  # UCP: recipe of the SE-augmented parent, trained first when missing
     unpruned_layers: list[int] = field(default_factory=list)  # ucp: prunable layers (by index) kept whole
     init: str = "inherit"  # inherit: start from the kept parent weights | scratch: random init
