@@ -326,6 +326,18 @@ def test_vgg_mseb_gates_every_conv_before_its_bn_and_scores_channels(layout: str
     assert "mseb" not in pruned_model_args(plain)
 
 
+def test_vgg_ucp_layout_leaves_the_gates_their_default_init() -> None:
+    """N(0, 0.01) gate weights (UCP's Linear init) leave the gates stuck near 0.5; the head keeps that init."""
+    model = timm.create_model("vgg16_cifar", layout="ucp", mseb=True)
+    gates = [m for m in model.modules() if isinstance(m, MSEB)]
+    assert len(gates) == 13
+    for gate in gates:
+        for layer in (gate.fc1, gate.fc2):
+            bound = 1 / layer.in_features**0.5  # PyTorch's default: U(-bound, bound)
+            assert float(layer.weight.abs().max()) <= bound and float(layer.weight.std()) > 0.4 * bound
+    assert abs(float(model.pre_logits.fc.weight.std()) - 0.01) < 0.002
+
+
 @pytest.mark.parametrize("name, gated", [("resnet18_dense", ["inner_widths"]), ("resnet50_dense", ["mid_widths"])])
 def test_imagenet_resnet_mseb_gates_the_layers_ucp_prunes(name: str, gated: list[str]) -> None:
     """Basic block: after BN1 (UCP's ImageNet code); bottleneck: the middle 3×3 after its BN-ReLU."""
