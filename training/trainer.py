@@ -235,8 +235,8 @@ def training_and_holdout(recipe: Recipe) -> tuple[tuple[Images, torch.Tensor], t
     x, y = load_split(recipe, "train", recipe.data.limit)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.train.seed))
     held, kept = order[: recipe.data.holdout], order[recipe.data.holdout :]
-    if not recipe.data.holdout:  # nothing held out: the split in its own order
-        kept = torch.arange(len(y))
+    if not recipe.data.holdout:  # nothing held out: the split as it is, in its own order
+        return (x, y), (_take(x, held), y[held])
     return (_take(x, kept), y[kept]), (_take(x, held), y[held])
 
 
