@@ -334,8 +334,9 @@ def test_vgg_ucp_layout_leaves_the_gates_their_default_init() -> None:
     for gate in gates:
         for layer in (gate.fc1, gate.fc2):
             bound = 1 / layer.in_features**0.5  # PyTorch's default: U(-bound, bound)
-            assert float(layer.weight.abs().max()) <= bound and float(layer.weight.std()) > 0.4 * bound
-    assert abs(float(model.pre_logits.fc.weight.std()) - 0.01) < 0.002
+            weight = layer.weight.detach()
+            assert float(weight.abs().max()) <= bound and float(weight.std()) > 0.4 * bound
+    assert abs(float(model.pre_logits.fc.weight.detach().std()) - 0.01) < 0.002
 
 
 @pytest.mark.parametrize("name, gated", [("resnet18_dense", ["inner_widths"]), ("resnet50_dense", ["mid_widths"])])
