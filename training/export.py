@@ -122,7 +122,6 @@ def build_config(
             "storage": {
                 "binary_weights": PACKED_LAYOUT if binary else "none",
                 "classifier_weights": "float16" if float16_head else "float32",
-                "other_weights": "float32",
             },
             "speed": speed,
             **({"pruning": pruning} if pruning else {}),

@@ -43,9 +43,8 @@ def ucp_plan(
         widths = uniform_stage_widths(counts, [layer.name.split(".")[0] for layer in gated])
     else:
         widths = [max(1, c) for c in counts]
-    kept = iter(keep_top(gates, widths).keep)
-    plan = [next(kept) if layer.gate is not None else None for layer in layers]
-    return PrunePlan(
-        [torch.arange(layer.width) if keep is None or i in unpruned else keep
-         for i, (layer, keep) in enumerate(zip(layers, plan, strict=True))]
-    ), gates  # fmt: skip
+    kept, plan = iter(keep_top(gates, widths).keep), []
+    for i, layer in enumerate(layers):
+        keep = next(kept) if layer.gate is not None else None
+        plan.append(torch.arange(layer.width) if keep is None or i in unpruned else keep)
+    return PrunePlan(plan), gates
