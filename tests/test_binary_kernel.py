@@ -359,6 +359,80 @@ def test_scale_bias_checks(path):
             ext.binary_conv2d(x, None, blocked, 4, 8, 3, 3, 1, 1, 1, 1, 0, bias=ok.double())
 
 
+def test_residual_prelu_clamp_epilogue_equals_pytorch_ops(path):
+    """affine -> + residual -> PReLU / clamp in the epilogue: bit for bit PyTorch's ops applied one after another,
+    on every lane-block size, residuals in either layout, NaN / inf / -0.0 in the residual."""
+    gen = torch.Generator().manual_seed(10)
+    for i, (n, c, h, w, o, k, s, p) in enumerate(AFFINE_CASES):
+        x = torch.randn(n, c, h, w, generator=gen)
+        wt = torch.randn(o, c, k, k, generator=gen)
+        scale, bias = torch.randn(o, generator=gen), torch.randn(o, generator=gen)
+        packed = zk.pack_weights(wt)
+        conv = _reference(x, wt, s, p)
+        affine = _affine_reference(conv, scale, bias)
+        residual = 4 * torch.randn(affine.shape, generator=gen)
+        residual.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, float("-inf")])
+        if i % 2:
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        slopes = torch.randn(o, generator=gen) if i % 3 else torch.full((1,), 0.25)
+        added = affine + residual
+        expected = {
+            "add": (dict(residual=residual), added),
+            "prelu": (dict(residual=residual, prelu_weight=slopes), F.prelu(added, slopes)),
+            "clamp": (dict(residual=residual, clamp=(-1.0, 1.0)), added.clamp(-1.0, 1.0)),
+            "prelu only": (dict(prelu_weight=slopes), F.prelu(affine, slopes)),
+        }
+        for name, (epilogue, want) in expected.items():
+            got = zk.binary_conv2d(x, packed, o, c, k, s, p, scale=scale, bias=bias, **epilogue)
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=f"{name}, case {i} ({path})")
+        plain = zk.binary_conv2d(x, packed, o, c, k, s, p, residual=residual, clamp=(-0.5, 2.0))
+        torch.testing.assert_close(plain, (conv + residual).clamp(-0.5, 2.0), rtol=0, atol=0, equal_nan=True)
+
+
+def test_residual_epilogue_checks(path):
+    x = torch.randn(2, 8, 6, 6)
+    pw = zk.pack_weights(torch.randn(4, 8, 3, 3))
+    bad = {
+        r"residual must have the output's shape \(2, 4, 3, 3\)": {"residual": torch.zeros(2, 4, 6, 6)},
+        "residual must be float32": {"residual": torch.zeros(2, 4, 3, 3, dtype=torch.float64)},
+        r"prelu_weight needs 1 or 4 \(out_channels\) elements": {"prelu_weight": torch.ones(3)},
+        r"clamp must be a \(min, max\) pair": {"clamp": (1.0, -1.0)},
+    }
+    for message, kwargs in bad.items():
+        with pytest.raises(ValueError, match=message):
+            zk.binary_conv2d(x, pw, 4, 8, 3, 2, 1, **kwargs)
+    with pytest.raises(TypeError, match="residual must be a float32 tensor"):
+        zk.binary_conv2d(x, pw, 4, 8, 3, 2, 1, residual=[0.0])
+    if path != "torch":
+        ext = _build.load_extension()
+        blocked = ext.block_weights(pw)
+        with pytest.raises(RuntimeError, match="residual must have the output's shape"):
+            ext.binary_conv2d(x, None, blocked, 4, 8, 3, 3, 2, 2, 1, 1, 0, residual=torch.zeros(2, 4, 6, 6))
+        with pytest.raises(RuntimeError, match="give both clamp bounds"):
+            ext.binary_conv2d(x, None, blocked, 4, 8, 3, 3, 2, 2, 1, 1, 0, clamp_min=0.0)
+
+
+@pytest.mark.parametrize("c", [5, 64, 130])
+def test_asd_threshold_in_the_kernel_matches_the_se_branch(path, c):
+    """SD-BNN's ASD threshold computed inside the kernel's call agrees with the PyTorch SE branch to float32 rounding;
+    the packed bits then differ only where an activation lies within that rounding of its threshold."""
+    from zoo.nn.self_distribution import activation_shift
+
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randn(3, c, 9, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+    fc1, fc2 = torch.randn(max(1, c // 8), c, generator=gen), torch.randn(c, max(1, c // 8), generator=gen)
+    shift = activation_shift(x, fc1, fc2)[:, :, 0, 0]
+    if path != "torch":
+        tau = _build.load_extension().asd_threshold(x, fc1, fc2)
+        torch.testing.assert_close(tau, -shift, rtol=1e-6, atol=1e-7)
+    wt = torch.randn(16, c, 3, 3, generator=gen)
+    geometry = kb.conv_geometry(zk.pack_weights(wt), 16, c, 3, 1, 1, 1, 1)
+    fused = kb.run_binary_conv2d(x, zk.pack_weights(wt), 16, c, geometry, asd_weights=(fc1, fc2))
+    reference = zk.binary_conv2d(x, zk.pack_weights(wt), 16, c, 3, 1, 1, threshold=-shift)
+    near = ((x + shift[:, :, None, None]).abs() < 1e-6).any()
+    assert torch.equal(fused, reference) or near
+
+
 def test_build_directory_follows_the_sources(monkeypatch, tmp_path):
     """The build is keyed on the sources' content and flags: an edited kernel gets a fresh build directory."""
     monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path / "cache"))

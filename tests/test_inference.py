@@ -115,6 +115,39 @@ def test_folded_form_is_bit_exact_where_pytorch_bn_rounds_once(arch: str) -> Non
         assert torch.equal(zoo.to_inference(model)(x), model(x))
 
 
+@pytest.mark.parametrize("arch", ["resnet20_bnn", "resnet20_sdbnn", "resnet18_bireal"])
+def test_residual_units_run_in_the_epilogue_and_equal_the_unfused_ops(arch: str, monkeypatch) -> None:
+    """Every residual unit of a folded inference form adds its shortcut and applies its activation in the kernel's
+    epilogue, with the same result as the folded conv followed by PyTorch's add and activation."""
+    model = _trained_like(arch)
+    fast = zoo.to_inference(model)
+    x = torch.randn(3, 1, _size(arch), _size(arch))
+    with torch.inference_mode():
+        fused = fast(x)
+        calls = []
+        original = PackedBinaryConv2d.forward_add_act
+        monkeypatch.setattr(PackedBinaryConv2d, "forward_add_act", lambda *a: calls.append(1))  # None: unfused path
+        unfused = fast(x)
+        monkeypatch.setattr(PackedBinaryConv2d, "forward_add_act", original)
+    assert len(calls) == len(_declared_pairs(fast))  # each declared unit offered its epilogue to the kernel
+    assert torch.equal(fused, unfused)
+
+
+def test_residual_unit_with_a_hooked_activation_is_not_fused() -> None:
+    model = _trained_like("resnet20_bnn")
+    fast = zoo.to_inference(model)
+    block = fast.layer1[0]
+    seen = []
+    block.act.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        h = torch.zeros(2, 16, 28, 28)
+        assert block.conv1.forward_add_act(h, h, block.act) is None  # declined before computing anything
+        out = fast(x)
+        assert torch.equal(out, zoo.to_inference(model)(x))
+    assert len(seen) == 2  # both units of the hooked block ran the activation module
+
+
 def test_batchnorm_affine_is_the_bn() -> None:
     bn = nn.BatchNorm2d(6).eval()
     with torch.no_grad():

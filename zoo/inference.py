@@ -6,7 +6,9 @@ folded in, since only the sign of the shifted weight matters). SD-BNN's activati
 the packer's per-sample, per-channel threshold: sign(a + s) = 1 exactly when a >= -s. An eval-mode BatchNorm that
 reads only a binary conv's output (a pair its block declares in ``conv_bn_pairs``) is folded into the kernel's
 epilogue as a per-channel scale and bias; everything else (other BNs, activations, shortcuts, the full-precision stem
-and head) stays as it is, so the inference form computes the same function as the fake-quant model.
+and head) stays as it is, so the inference form computes the same function as the fake-quant model. A block's
+residual unit ``act(bn(conv(x)) + residual)`` (:func:`zoo.nn.residual_unit.conv_bn_add_act`) whose BN was folded runs
+the add and its PReLU / Hardtanh in the same epilogue.
 
 Checkpoints store binary weights the same way (``<conv>.weight_packed``); :func:`unpack_binary_weights` turns
 them back into exact ±1 tensors when a model is built for training or fine-tuning. The classifier's weight
@@ -25,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ShapeMismatchError
-from zoo.kernels import binary_conv2d, pack_weights, unpack_weights
+from zoo.kernels import pack_weights, unpack_weights
+from zoo.kernels.binary import conv_geometry, run_binary_conv2d
 from zoo.nn import BinaryConv2d
 from zoo.nn.self_distribution import ActivationSelfDistribution
 
@@ -37,22 +40,28 @@ class PackedBinaryConv2d(nn.Module):
     """A binary convolution on packed weights (inference only, no autograd).
 
     After :meth:`fold_batchnorm` it also applies that BN's eval-mode affine (buffers ``bn_scale``, ``bn_bias``) in
-    the kernel's epilogue.
+    the kernel's epilogue; :meth:`forward_add_act` adds a residual and an activation there too. With
+    ``fuse_asd=True`` SD-BNN's ASD threshold is computed inside the C++ kernel's call (float32 CPU inputs; its mean
+    rounds differently from PyTorch's), otherwise by the ASD module.
     """
 
     binary = True
 
-    def __init__(self, conv: BinaryConv2d) -> None:
+    def __init__(self, conv: BinaryConv2d, fuse_asd: bool = False) -> None:
         super().__init__()
         if conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("the packed kernels support groups=1 and dilation=1 only")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.asd: ActivationSelfDistribution | None = copy.deepcopy(getattr(conv, "asd", None))
+        self.fuse_asd = fuse_asd
         with torch.no_grad():
             self.register_buffer("weight_packed", pack_weights(conv.binary_weight()))
         self.register_buffer("bn_scale", None)
         self.register_buffer("bn_bias", None)
+        self.geometry = conv_geometry(
+            self.weight_packed, self.out_channels, self.in_channels, self.kernel_size, self.stride, self.padding, 1, 1
+        )
 
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> bool:
         """Apply ``bn``'s eval-mode affine to this conv's output from now on; False, changing nothing, when it cannot
@@ -65,20 +74,35 @@ class PackedBinaryConv2d(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        threshold = -self.asd(x)[:, :, 0, 0] if self.asd is not None else None
+        return self._conv(x)
+
+    def forward_add_act(self, x: torch.Tensor, residual: torch.Tensor, act: nn.Module) -> torch.Tensor | None:
+        """``act(self(x) + residual)`` with the add and ``act`` in the kernel's epilogue, the same float32 ops as
+        PyTorch's; None (nothing computed) unless ``act`` is an un-hooked ``nn.PReLU``, ``nn.Hardtanh`` or
+        ``nn.Identity``, this module has no hooks and ``residual`` is float32."""
+        if _has_hooks(self) or _has_hooks(act) or residual.dtype is not torch.float32:
+            return None
+        if type(act) is nn.PReLU:
+            return self._conv(x, residual=residual, prelu_weight=act.weight.detach())
+        if type(act) is nn.Hardtanh:
+            return self._conv(x, residual=residual, clamp=(act.min_val, act.max_val))
+        if type(act) is nn.Identity:
+            return self._conv(x, residual=residual)
+        return None
+
+    def _conv(self, x: torch.Tensor, **epilogue) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
+        threshold, asd_weights = None, None
+        if self.asd is not None and self.fuse_asd:
+            asd_weights = (self.asd.fc1.weight.detach(), self.asd.fc2.weight.detach())
+        elif self.asd is not None:
+            threshold = -self.asd(x)[:, :, 0, 0]
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        out = binary_conv2d(
-            x,
-            self.weight_packed,
-            self.out_channels,
-            self.in_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            threshold=threshold,
-            scale=self.bn_scale,
-            bias=self.bn_bias,
-        )
+        out = run_binary_conv2d(
+            x, self.weight_packed, self.out_channels, self.in_channels, self.geometry, threshold, asd_weights,
+            self.bn_scale, self.bn_bias, **epilogue,
+        )  # fmt: skip
         return out.contiguous(memory_format=layout)  # keep the model's layout: the float ops after it round alike
 
     def extra_repr(self) -> str:
@@ -133,22 +157,24 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
 
     ``fold_bn=True`` (default) folds each eval-mode BatchNorm that directly follows a binary conv (the pairs its block
     declares in ``conv_bn_pairs``) into the kernel's epilogue, ``fma(conv, scale, bias)`` with the scale and bias
-    PyTorch's BN computes, and puts an ``nn.Identity`` in its place: one pass over the output instead of two. That
-    rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then the folded form is
-    bit-exact as well), otherwise it rounds twice and the two agree to float32 rounding (the tests allow
-    rtol = atol = 1e-5 on the logits), so an activation within an ulp of a sign threshold may flip.
+    PyTorch's BN computes, and puts an ``nn.Identity`` in its place; a block's residual add and PReLU / Hardtanh after
+    it run in the same epilogue (:func:`zoo.nn.residual_unit.conv_bn_add_act`): one pass over the output instead of
+    four. The affine rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then
+    the folded form is bit-exact as well), otherwise it rounds twice and the two agree to float32 rounding (the tests
+    allow rtol = atol = 1e-5 on the logits), so an activation within an ulp of a sign threshold may flip.
 
     With ``fold_bn=False`` (every BN kept) the copy keeps the model's layout and its logits equal the fake-quant
     model's bit for bit.
-    ``channels_last=True`` is faster on CPUs (pooling, BN and activations run fastest in it, and it is the
-    kernels' native output); its float ops round differently, so an activation within an ulp of zero may take
-    the other sign (predictions agreed on all 10,000 Fashion-MNIST test images of the released BNNs).
+    ``channels_last=True`` is the fastest form on CPUs (pooling, BN and activations run fastest in it, and it is the
+    kernels' native output, and SD-BNN's ASD threshold is computed inside the kernel's call instead of by six
+    PyTorch ops); its float ops round differently, so an activation within an ulp of its threshold may take the
+    other sign (predictions agreed on all 10,000 Fashion-MNIST test images of the released BNNs).
     """
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, BinaryConv2d):
-                setattr(module, child_name, PackedBinaryConv2d(child))
+                setattr(module, child_name, PackedBinaryConv2d(child, fuse_asd=channels_last))
     if fold_bn:
         _fold_batchnorms(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -5,9 +5,12 @@ sign has the zoo's tie rule (``v >= 0 -> +1``, else ``-1``; ``-0.0 -> +1``, NaN 
 zero-padded (a padding tap contributes 0, not +-1), no scaling factors, ``groups = 1``, ``dilation = 1``. The result
 is float32 (small integers, exact), in channels_last memory format from the C++ kernel.
 
-Epilogue affine: ``binary_conv2d(..., scale=s, bias=b)`` returns ``conv * s[:, None, None] + b[:, None, None]``
-(float32 ``[O]`` each, e.g. a folded eval-mode BatchNorm) in the same pass over the output, rounded once per element
-(a fused multiply-add: the C++ paths agree bit for bit). Without them the result is the exact conv as above.
+Epilogue: ``binary_conv2d(..., scale=s, bias=b, residual=r, prelu_weight=a, clamp=(lo, hi))`` applies, in the same
+pass over the output and in this order, each step that is given: ``conv * s + b`` per channel (float32 ``[O]`` each,
+e.g. a folded eval-mode BatchNorm; rounded once per element, a fused multiply-add), ``+ r`` (a residual of the
+output's shape), PReLU with slopes ``a`` and ``clamp(lo, hi)`` (Hardtanh). Each step is one float32 operation, so
+the result equals PyTorch's ops applied one after another (a BN, ``+``, ``F.prelu``, ``torch.clamp``; a BN that
+rounds twice aside, see :func:`zoo.inference.to_inference`). Without them the result is the exact conv as above.
 
 Bit layout (int64 tensors holding uint64 words; channel ``c`` is bit ``c % 64`` of word ``c // 64``, 1 <-> +1, the
 bits past the channel count are 0):
@@ -324,9 +327,12 @@ def binary_conv2d(
     threshold: torch.Tensor | float | None = None,
     scale: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    prelu_weight: torch.Tensor | None = None,
+    clamp: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """``F.conv2d(sign(x - threshold), unpack_weights(packed_weight), stride=stride, padding=padding)``, zero padding,
-    times ``scale`` plus ``bias`` per output channel when given.
+    then the epilogue steps that are given (see the module docstring).
 
     ``x`` is a real ``(N, C, H, W)`` tensor (any strides) or packed activations ``[N, H, W, CW]`` from
     :func:`pack_activations`; ``packed_weight`` comes from :func:`pack_weights`. Returns float32 (channels_last
@@ -335,11 +341,12 @@ def binary_conv2d(
 
     ``scale`` and ``bias``: float32 tensors of shape ``[out_channels]`` on ``x``'s device (either may be omitted:
     ones / zeros), applied in the kernel's epilogue as ``fma(conv, scale[o], bias[o])``; the fallback computes the same
-    single rounding in float64. A wrong type, dtype, shape or device raises TypeError / ValueError.
+    single rounding in float64. ``residual``: float32, the output's shape ``(N, out_channels, OH, OW)``, any strides
+    (channels_last is read in place). ``prelu_weight``: float32 with 1 or ``out_channels`` elements. ``clamp``: a
+    ``(min, max)`` pair with min <= max. A wrong type, dtype, shape or device raises TypeError / ValueError.
     """
-    kh, kw, sh, sw, ph, pw = conv_geometry(
-        packed_weight, out_channels, in_channels, kernel_size, stride, padding, dilation, groups
-    )
+    geometry = conv_geometry(packed_weight, out_channels, in_channels, kernel_size, stride, padding, dilation, groups)
+    kh, kw, sh, sw, ph, pw = geometry
     cw = (in_channels + 63) // 64
     packed_input = x.dtype is torch.int64
     if packed_input:
@@ -359,24 +366,62 @@ def binary_conv2d(
         raise ValueError(f"input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
 
     scale, bias = _affine_terms(scale, bias, out_channels, x.device)
+    output_shape = (x.shape[0], out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    _check_residual_terms(residual, prelu_weight, clamp, output_shape, x.device)
     tau = None if packed_input or threshold is None else _threshold_tensor(x, threshold)
+    return run_binary_conv2d(
+        x, packed_weight, out_channels, in_channels, geometry, tau, None, scale, bias, residual, prelu_weight, clamp
+    )
+
+
+def run_binary_conv2d(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    out_channels: int,
+    in_channels: int,
+    geometry: tuple[int, int, int, int, int, int],
+    threshold: torch.Tensor | None = None,
+    asd_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    prelu_weight: torch.Tensor | None = None,
+    clamp: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """:func:`binary_conv2d` without its Python checks, for a caller that checked its geometry
+    (:func:`conv_geometry`), its epilogue terms and its input's channels once (``PackedBinaryConv2d``); the C++
+    kernel still checks every shape. ``threshold``: a tensor of shape ``[C]`` or ``[N, C]`` or None.
+
+    ``asd_weights = (fc1, fc2)`` packs against SD-BNN's activation self-distribution threshold
+    ``-sigmoid(fc2 relu(fc1 mean_hw(x)))``, computed inside the C++ kernel's call for a float32 CPU ``x`` (its mean
+    rounds differently from PyTorch's) and by :func:`zoo.nn.self_distribution.activation_shift` elsewhere.
+    """
+    kh, kw, sh, sw, ph, pw = geometry
+    ext, code = _select()
+    if ext is not None and x.is_cpu and packed_weight.is_cpu and (asd_weights is None or x.dtype is torch.float32):
+        lo, hi = (None, None) if clamp is None else clamp
+        fc1, fc2 = (None, None) if asd_weights is None else asd_weights
+        blocked = _blocked_weights(ext, packed_weight)
+        return ext.binary_conv2d(
+            x.detach(), threshold, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code, scale, bias,
+            residual, prelu_weight, lo, hi, fc1, fc2,
+        )  # fmt: skip
+    if asd_weights is not None:
+        from zoo.nn.self_distribution import activation_shift  # only off the C++ path: keeps kernels free of zoo.nn
+
+        with torch.no_grad():
+            threshold = -activation_shift(x, *asd_weights)[:, :, 0, 0]
     if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
         out = cuda_kernels.cuda_binary_conv2d(
             x, packed_weight, out_channels, in_channels, (kh, kw), (sh, sw), (ph, pw), threshold=threshold
         )
-        return _apply_affine(out, scale, bias)
-    ext, code = _select()
-    if ext is not None and x.is_cpu and packed_weight.is_cpu:
-        blocked = _blocked_weights(ext, packed_weight)
-        return ext.binary_conv2d(
-            x.detach(), tau, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code, scale, bias
-        )
-
-    # Pure-PyTorch fallback: the same ±1 operands through F.conv2d (exact: integer sums far below 2^24).
-    xb = unpack_activations(x, in_channels) if packed_input else _torch_bits(x.detach(), tau).to(torch.float32) * 2 - 1
-    wb = unpack_weights(packed_weight.to(xb.device), (out_channels, in_channels, kh, kw))
-    with torch.no_grad():
-        return _apply_affine(F.conv2d(xb, wb, None, (sh, sw), (ph, pw)), scale, bias)
+    else:  # Pure-PyTorch fallback: the same ±1 operands through F.conv2d (exact: integer sums far below 2^24).
+        packed_input = x.dtype is torch.int64
+        xb = unpack_activations(x, in_channels) if packed_input else _torch_bits(x.detach(), threshold).float() * 2 - 1
+        wb = unpack_weights(packed_weight.to(xb.device), (out_channels, in_channels, kh, kw))
+        with torch.no_grad():
+            out = F.conv2d(xb, wb, None, (sh, sw), (ph, pw))
+    return _apply_epilogue(out, scale, bias, residual, prelu_weight, clamp)
 
 
 def _affine_terms(
@@ -399,17 +444,59 @@ def _affine_terms(
     return terms[0], terms[1]
 
 
-def _apply_affine(out: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """``out * scale + bias`` per channel, rounded once to float32 like the kernels' FMA.
+def _check_residual_terms(
+    residual: torch.Tensor | None,
+    prelu_weight: torch.Tensor | None,
+    clamp: tuple[float, float] | None,
+    output_shape: tuple[int, int, int, int],
+    device: torch.device,
+) -> None:
+    for name, t in (("residual", residual), ("prelu_weight", prelu_weight)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a float32 tensor or None, got {type(t)}")
+        if t.dtype is not torch.float32:
+            raise ValueError(f"{name} must be float32 (the kernels' output dtype), got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+    if residual is not None and tuple(residual.shape) != output_shape:
+        raise ValueError(f"residual must have the output's shape {output_shape}, got {tuple(residual.shape)}")
+    out_channels = output_shape[1]
+    if prelu_weight is not None and not (prelu_weight.numel() == 1 or tuple(prelu_weight.shape) == (out_channels,)):
+        raise ValueError(f"prelu_weight needs 1 or {out_channels} (out_channels) elements, got {prelu_weight.shape}")
+    if clamp is not None:
+        lo, hi = clamp  # a non-pair fails here with Python's own unpacking error
+        if not (isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real) and lo <= hi):
+            raise ValueError(f"clamp must be a (min, max) pair of numbers with min <= max, got {clamp!r}")
 
-    The product of a conv sum (an integer below 2^24) and a float32 is exact in float64, so only the sum rounds
-    (to float64, then float32: a double rounding that can differ from the FMA about once in 2^29 elements).
+
+def _apply_epilogue(
+    out: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    prelu_weight: torch.Tensor | None,
+    clamp: tuple[float, float] | None,
+) -> torch.Tensor:
+    """The C++ epilogue in PyTorch ops, the same float32 operation at each step.
+
+    ``out * scale + bias`` rounds once like the kernels' FMA: the product of a conv sum (an integer below 2^24) and a
+    float32 is exact in float64, so only the sum rounds (to float64, then float32: a double rounding that can differ
+    from the FMA about once in 2^29 elements).
     """
-    if scale is None and bias is None:
-        return out
-    y = out.double()
-    if scale is not None:
-        y = y * scale.double()[:, None, None]
-    if bias is not None:
-        y = y + bias.double()[:, None, None]
-    return y.float()
+    with torch.no_grad():
+        if scale is not None or bias is not None:
+            y = out.double()
+            if scale is not None:
+                y = y * scale.double()[:, None, None]
+            if bias is not None:
+                y = y + bias.double()[:, None, None]
+            out = y.float()
+        if residual is not None:
+            out = out + residual
+        if prelu_weight is not None:
+            out = F.prelu(out, prelu_weight.reshape(-1))
+        if clamp is not None:
+            out = out.clamp(*clamp)
+    return out

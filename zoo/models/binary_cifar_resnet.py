@@ -19,7 +19,6 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
@@ -30,6 +29,7 @@ from zoo.models._pooled_head import init_conv_bn_
 from zoo.models.cifar_resnet import OptionAShortcut, blocks_per_stage
 from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d
 from zoo.nn.ir2net import hardtanh_act
+from zoo.nn.residual_unit import conv_bn_add_act
 
 METHODS = ("bnn", "sdbnn", "ir2net")
 
@@ -63,10 +63,11 @@ class BinaryBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_chs)
         needs_projection = stride != 1 or in_chs != out_chs
         self.shortcut = OptionAShortcut(in_chs, out_chs, stride) if needs_projection else nn.Identity()
+        self.act = nn.Hardtanh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.hardtanh(self.bn1(self.conv1(x)) + self.shortcut(x))
-        return F.hardtanh(self.bn2(self.conv2(out)) + out)
+        out = conv_bn_add_act(self.conv1, self.bn1, x, self.shortcut(x), self.act)
+        return conv_bn_add_act(self.conv2, self.bn2, out, out, self.act)
 
 
 class BinaryCifarResNet(BinaryClassifier):

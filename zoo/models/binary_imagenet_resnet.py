@@ -45,6 +45,7 @@ from zoo.models._binary_base import BinaryClassifier
 from zoo.models._builder import build_zoo_model, default_cfgs_with_releases, imagenet_cfg
 from zoo.nn import BinaryConv2d, CIRec, SelfDistributionBinaryConv2d
 from zoo.nn.ir2net import prelu_act
+from zoo.nn.residual_unit import conv_bn_add_act
 
 METHODS = ("bireal", "sdbnn", "ir2net")
 SDBNN_ASD_REDUCTION = 8
@@ -93,7 +94,7 @@ class BiRealBlock(nn.Module):
         self.act = nn.PReLU(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)) + self.shortcut(x))
+        return conv_bn_add_act(self.conv, self.bn, x, self.shortcut(x), self.act)
 
 
 class BinaryImageNetResNet(BinaryClassifier):

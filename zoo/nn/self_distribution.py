@@ -10,11 +10,18 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.nn.binary_conv import BinaryConv2d
 
 WSD_SCALE = 0.01
+
+
+def activation_shift(x: torch.Tensor, fc1_weight: torch.Tensor, fc2_weight: torch.Tensor) -> torch.Tensor:
+    """ASD's shift SE(x) = σ(W₂ ReLU(W₁ GAP(x))) of shape (N, C, 1, 1), from the bias-free FCs' weights."""
+    s = torch.sigmoid(F.linear(torch.relu(F.linear(x.mean(dim=(2, 3)), fc1_weight)), fc2_weight))
+    return s[:, :, None, None]
 
 
 class ActivationSelfDistribution(nn.Module):
@@ -27,8 +34,7 @@ class ActivationSelfDistribution(nn.Module):
         self.fc2 = nn.Linear(hidden, channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3))))))
-        return s[:, :, None, None]
+        return activation_shift(x, self.fc1.weight, self.fc2.weight)
 
 
 class SelfDistributionBinaryConv2d(BinaryConv2d):

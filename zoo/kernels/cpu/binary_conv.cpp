@@ -16,8 +16,12 @@
 // 0 ^ w = w, so the kernel subtracts popcount(w) of every padding tap again and counts C only for valid taps:
 //   out = C * valid_taps - 2 * (sum_all_taps popcount(a ^ w) - sum_padding_taps popcount(w)).
 // The result is an integer, converted exactly to float32 (|out| <= C*KH*KW < 2^24 for every real layer).
-// Optional epilogue affine (a folded eval-mode BatchNorm): out = fma(out, scale[o], bias[o]), one rounding, the same
-// in every code path (AVX-512 and AVX2 use FMA instructions, the scalar path std::fma).
+// Optional epilogue, in this order and the same in every code path (AVX-512 vector ops, scalar otherwise):
+//   affine (a folded eval-mode BatchNorm)  out = fma(out, scale[o], bias[o])      one rounding (FMA / std::fma)
+//   residual (a block's shortcut)          out = out + residual[n, o, oh, ow]
+//   PReLU                                  out = out > 0 ? out : slope[o] * out    (PyTorch's prelu)
+//   clamp (Hardtanh)                       out = min(max(out, lo), hi)             (NaN stays NaN, as torch.clamp)
+// Each step is one IEEE float32 operation, so the fused result equals PyTorch's ops applied one after another.
 //
 // The conv is an indirect GEMM: M = N*OH*OW output pixels x O output channels x K words. A tile is MR pixels (a
 // table of per-tap pointers into the packed NHWC input, or to a zero run for padding taps) x NB output channels
@@ -410,6 +414,10 @@ struct Geom {
   float* out;
   const float* scale;  // per-output-channel epilogue affine, or nullptr (then bias is nullptr too)
   const float* bias;
+  const float* residual;  // NHWC [M, O] added after the affine, or nullptr
+  const float* slope;     // PReLU slopes [O], or nullptr
+  bool clamp;             // clamp to [lo, hi] last
+  float lo, hi;
   const int64_t* tapoff;
   int64_t N, H, W, CW, C, O, KH, KW, sh, sw, ph, pw, OH, OW, M, T, K, NB, nOB, G, nPB;
 };
@@ -456,7 +464,16 @@ inline void build_ptrs(const Geom& g, int64_t p0, int MR, const u64** ptrs, int6
   }
 }
 
-// Scalar epilogue for one pixel and one block of NB lanes: acc[lane] = sum over all taps of popcount(a ^ w).
+// The epilogue of one output element (see the header comment), scalar.
+inline float finish(const Geom& g, float v, int64_t p, int64_t o) {
+  if (g.scale != nullptr) v = std::fma(v, g.scale[o], g.bias[o]);
+  if (g.residual != nullptr) v += g.residual[p * g.O + o];
+  if (g.slope != nullptr) v = v > 0.0f ? v : g.slope[o] * v;
+  if (g.clamp) v = std::min(std::max(v, g.lo), g.hi);  // std::max / std::min return a NaN first argument
+  return v;
+}
+
+// Scalar store for one pixel and one block of NB lanes: acc[lane] = sum over all taps of popcount(a ^ w).
 inline void store_pixel(const Geom& g, const u64* const* pj, int64_t nvalid, bool border, const u64* wblk,
                         int64_t p, int64_t ob, u64* acc, int64_t lane0, int64_t nl) {
   const u64* wpop = wblk + g.K * g.NB;
@@ -468,14 +485,8 @@ inline void store_pixel(const Geom& g, const u64* const* pj, int64_t nvalid, boo
   const int64_t cnt = std::min<int64_t>(nl, g.O - o0);
   float* op = g.out + p * g.O + o0;
   const int64_t full = g.C * nvalid;
-  if (g.scale == nullptr) {
-    for (int64_t l = 0; l < cnt; ++l) op[l] = static_cast<float>(full - 2 * static_cast<int64_t>(acc[l]));
-    return;
-  }
-  const float* sc = g.scale + o0;
-  const float* bi = g.bias + o0;
   for (int64_t l = 0; l < cnt; ++l)
-    op[l] = std::fma(static_cast<float>(full - 2 * static_cast<int64_t>(acc[l])), sc[l], bi[l]);
+    op[l] = finish(g, static_cast<float>(full - 2 * static_cast<int64_t>(acc[l])), p, o0 + l);
 }
 
 // ---- scalar path --------------------------------------------------------------------------------------------------
@@ -634,14 +645,14 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
       const u64* wpop = wblk + g.K * NB;
       const int64_t o0 = ob * NB, ocount = std::min<int64_t>(NB, g.O - o0);
       constexpr int NH = (NV + 1) / 2;  // 16-lane float vectors per pixel
-      __m512 sc[NH], bi[NH];
+      __m512 sc[NH], bi[NH], sl[NH];
+      const __m512 lo = _mm512_set1_ps(g.lo), hi = _mm512_set1_ps(g.hi), zero = _mm512_setzero_ps();
 #pragma GCC unroll 2
       for (int h = 0; h < NH; ++h) {
-        sc[h] = bi[h] = _mm512_setzero_ps();
-        if (g.scale == nullptr) continue;
         const __mmask16 m = lane_mask16(ocount - 16 * h);
-        sc[h] = _mm512_maskz_loadu_ps(m, g.scale + o0 + 16 * h);
-        bi[h] = _mm512_maskz_loadu_ps(m, g.bias + o0 + 16 * h);
+        sc[h] = g.scale == nullptr ? zero : _mm512_maskz_loadu_ps(m, g.scale + o0 + 16 * h);
+        bi[h] = g.scale == nullptr ? zero : _mm512_maskz_loadu_ps(m, g.bias + o0 + 16 * h);
+        sl[h] = g.slope == nullptr ? zero : _mm512_maskz_loadu_ps(m, g.slope + o0 + 16 * h);
       }
 #pragma GCC unroll 8
       for (int j = 0; j < MR; ++j) {
@@ -663,8 +674,13 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
           __m512i a32 = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[j][v]));
           if (v + 1 < NV) a32 = _mm512_inserti64x4(a32, _mm512_cvtepi64_epi32(acc[j][v + 1 < NV ? v + 1 : v]), 1);
           __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(full, _mm512_slli_epi32(a32, 1)));
-          if (g.scale != nullptr) f = _mm512_fmadd_ps(f, sc[v / 2], bi[v / 2]);
           const int64_t lanes = ocount - 8 * v;
+          if (g.scale != nullptr) f = _mm512_fmadd_ps(f, sc[v / 2], bi[v / 2]);
+          if (g.residual != nullptr)
+            f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(lane_mask16(lanes), g.residual + p * g.O + o0 + 8 * v));
+          if (g.slope != nullptr)
+            f = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, zero, _CMP_GT_OQ), _mm512_mul_ps(f, sl[v / 2]), f);
+          if (g.clamp) f = _mm512_min_ps(hi, _mm512_max_ps(lo, f));  // the second operand wins on NaN: NaN stays
           if (lanes >= 16)
             _mm512_storeu_ps(op + 8 * v, f);
           else if (lanes > 0)
@@ -680,30 +696,69 @@ int pixel_block(int64_t isa, int64_t NB) {
   return isa == kAvx2 ? kAvx2MR : kScalarMR;
 }
 
-// Epilogue affine: none, or float32 [O] scale and bias (a missing one becomes ones / zeros), contiguous on the CPU.
-struct Affine {
-  torch::Tensor scale, bias;
-};
+void check_float_cpu(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "zoo binary kernel: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == torch::kFloat, "zoo binary kernel: ", name, " must be float32, got ", t.scalar_type());
+}
 
-torch::Tensor affine_term(const std::optional<torch::Tensor>& t, const char* name, int64_t O, double fill) {
+// A per-output-channel float32 [O] term, contiguous; a missing one becomes `fill` everywhere.
+torch::Tensor channel_term(const std::optional<torch::Tensor>& t, const char* name, int64_t O, double fill) {
   if (!t.has_value()) return torch::full({O}, fill, torch::dtype(torch::kFloat));
-  TORCH_CHECK(t->device().is_cpu(), "zoo binary kernel: ", name, " must be a CPU tensor, got ", t->device());
-  TORCH_CHECK(t->scalar_type() == torch::kFloat, "zoo binary kernel: ", name, " must be float32, got ",
-              t->scalar_type());
+  check_float_cpu(*t, name);
   TORCH_CHECK(t->dim() == 1 && t->size(0) == O, "zoo binary kernel: ", name, " must have shape [out_channels] = [",
               O, "], got ", t->sizes());
   return t->contiguous();
 }
 
-Affine prepare_affine(const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
-                      int64_t O) {
-  if (!scale.has_value() && !bias.has_value()) return {};
-  return {affine_term(scale, "scale", O, 1.0), affine_term(bias, "bias", O, 0.0)};
+// What the epilogue applies after the conv (see the header comment); undefined tensors are skipped steps.
+struct Epilogue {
+  torch::Tensor scale, bias, residual, slope;
+  bool clamp = false;
+  float lo = 0.0f, hi = 0.0f;
+};
+
+Epilogue prepare_epilogue(const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
+                          const std::optional<torch::Tensor>& residual, const std::optional<torch::Tensor>& prelu,
+                          const std::optional<double>& clamp_min, const std::optional<double>& clamp_max, int64_t N,
+                          int64_t O, int64_t OH, int64_t OW) {
+  Epilogue e;
+  if (scale.has_value() || bias.has_value()) {
+    e.scale = channel_term(scale, "scale", O, 1.0);
+    e.bias = channel_term(bias, "bias", O, 0.0);
+  }
+  if (residual.has_value()) {
+    check_float_cpu(*residual, "residual");
+    TORCH_CHECK(residual->dim() == 4 && residual->size(0) == N && residual->size(1) == O &&
+                    residual->size(2) == OH && residual->size(3) == OW,
+                "zoo binary kernel: residual must have the output's shape [", N, ", ", O, ", ", OH, ", ", OW,
+                "], got ", residual->sizes());
+    e.residual = residual->permute({0, 2, 3, 1}).contiguous();  // a view of a channels_last tensor: no copy
+  }
+  if (prelu.has_value()) {
+    check_float_cpu(*prelu, "prelu_weight");
+    TORCH_CHECK(prelu->numel() == 1 || (prelu->dim() == 1 && prelu->size(0) == O),
+                "zoo binary kernel: prelu_weight must have 1 or out_channels = ", O, " elements, got ",
+                prelu->sizes());
+    e.slope = prelu->reshape({-1}).expand({O}).contiguous();
+  }
+  TORCH_CHECK(clamp_min.has_value() == clamp_max.has_value(), "zoo binary kernel: give both clamp bounds or none");
+  if (clamp_min.has_value()) {
+    TORCH_CHECK(*clamp_min <= *clamp_max, "zoo binary kernel: clamp needs min <= max, got [", *clamp_min, ", ",
+                *clamp_max, "]");
+    e.clamp = true;
+    e.lo = static_cast<float>(*clamp_min);
+    e.hi = static_cast<float>(*clamp_max);
+  }
+  return e;
 }
+
+const float* float_ptr(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH,
                           int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t isa,
-                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias) {
+                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
+                          const std::optional<torch::Tensor>& residual, const std::optional<torch::Tensor>& prelu,
+                          const std::optional<double>& clamp_min, const std::optional<double>& clamp_max) {
   TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kLong && act.device().is_cpu(),
               "zoo binary kernel: packed activations must be a CPU int64 tensor [N, H, W, CW]");
   TORCH_CHECK(wblocked.dim() == 3 && wblocked.scalar_type() == torch::kLong && wblocked.device().is_cpu(),
@@ -718,7 +773,6 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
               "zoo binary kernel: blocked weights ", wblocked.sizes(), " do not match O=", O, " C=", C, " kernel ", KH,
               "x", KW, " (expected [", nOB, ", ", K + T, ", ", NB, "])");
   TORCH_CHECK(C * T < (int64_t{1} << 30), "zoo binary kernel: in_channels*KH*KW must be < 2^30, got ", C * T);
-  const Affine affine = prepare_affine(scale, bias, O);
   isa = resolve_isa(isa);
   const torch::Tensor a = act.contiguous();
   const torch::Tensor wb = wblocked.contiguous();
@@ -726,6 +780,7 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   const int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
   TORCH_CHECK(H + 2 * ph >= KH && W + 2 * pw >= KW, "zoo binary kernel: input ", H, "x", W, " with padding ", ph,
               ",", pw, " is smaller than the kernel ", KH, "x", KW);
+  const Epilogue epi = prepare_epilogue(scale, bias, residual, prelu, clamp_min, clamp_max, N, O, OH, OW);
   // NHWC buffer, returned as an (N, O, OH, OW) view in channels_last memory format.
   torch::Tensor out = torch::empty({N, OH, OW, O}, torch::dtype(torch::kFloat));
   const int64_t M = N * OH * OW;
@@ -741,8 +796,13 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   g.wb = reinterpret_cast<const u64*>(wb.data_ptr<int64_t>());
   g.zero = zero.data();
   g.out = out.data_ptr<float>();
-  g.scale = affine.scale.defined() ? affine.scale.data_ptr<float>() : nullptr;
-  g.bias = affine.bias.defined() ? affine.bias.data_ptr<float>() : nullptr;
+  g.scale = float_ptr(epi.scale);
+  g.bias = float_ptr(epi.bias);
+  g.residual = float_ptr(epi.residual);
+  g.slope = float_ptr(epi.slope);
+  g.clamp = epi.clamp;
+  g.lo = epi.lo;
+  g.hi = epi.hi;
   g.tapoff = tapoff.data();
   g.N = N;
   g.H = H;
@@ -797,19 +857,88 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   return out.permute({0, 3, 1, 2});
 }
 
-// Fused sign-and-pack + conv [+ affine]. x: float (N, C, H, W) of any strides, or already packed int64 [N, H, W, CW].
+// ------------------------------------------------------------------------------------------------------------------
+// SD-BNN's activation self-distribution as a packing threshold.
+// ------------------------------------------------------------------------------------------------------------------
+
+// tau[n, c] = -sigmoid(fc2 . relu(fc1 . mean_hw(x[n])))[c] for float32 x (N, C, H, W) of any strides and bias-free
+// fc1 [hidden, C], fc2 [C, hidden]: the SE branch's output, negated. Pixels are summed in float32 along each row,
+// rows in double; the FCs and the sigmoid run in double and round to float32 once. PyTorch's mean, linear and
+// sigmoid round differently, so a threshold may differ from theirs in the last bits.
+torch::Tensor asd_threshold(const torch::Tensor& x, const torch::Tensor& fc1, const torch::Tensor& fc2) {
+  check_activation(x);
+  check_float_cpu(x, "x");
+  check_float_cpu(fc1, "asd fc1 weight");
+  check_float_cpu(fc2, "asd fc2 weight");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = fc1.size(0);
+  TORCH_CHECK(fc1.dim() == 2 && fc1.size(1) == C && fc2.dim() == 2 && fc2.size(0) == C && fc2.size(1) == D,
+              "zoo binary kernel: ASD weights must be fc1 [hidden, ", C, "] and fc2 [", C, ", hidden], got ",
+              fc1.sizes(), " and ", fc2.sizes());
+  TORCH_CHECK(H * W > 0, "zoo binary kernel: the ASD mean needs a spatial size >= 1, got ", H, "x", W);
+  const torch::Tensor xs = x.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view of a channels_last tensor
+  const torch::Tensor w1 = fc1.contiguous(), w2 = fc2.contiguous();
+  const float* px = xs.data_ptr<float>();
+  const int64_t rows = N * H;
+  std::vector<double> row_sums(rows * C);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / (W * C)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> acc(C);
+    for (int64_t r = r0; r < r1; ++r) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const float* row = px + r * W * C;
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) acc[c] += row[w * C + c];
+      std::copy(acc.begin(), acc.end(), row_sums.begin() + r * C);
+    }
+  });
+  torch::Tensor tau = torch::empty({N, C}, torch::dtype(torch::kFloat));
+  const float* a = w1.data_ptr<float>();
+  const float* b = w2.data_ptr<float>();
+  std::vector<double> mean(C), hidden(D);
+  for (int64_t n = 0; n < N; ++n) {
+    std::fill(mean.begin(), mean.end(), 0.0);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t c = 0; c < C; ++c) mean[c] += row_sums[(n * H + h) * C + c];
+    for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(mean[c] / static_cast<double>(H * W));
+    for (int64_t d = 0; d < D; ++d) {
+      double z = 0.0;
+      for (int64_t c = 0; c < C; ++c) z += static_cast<double>(a[d * C + c]) * mean[c];
+      hidden[d] = static_cast<float>(std::max(z, 0.0));
+    }
+    float* out = tau.data_ptr<float>() + n * C;
+    for (int64_t c = 0; c < C; ++c) {
+      double z = 0.0;
+      for (int64_t d = 0; d < D; ++d) z += static_cast<double>(b[c * D + d]) * hidden[d];
+      out[c] = -static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+    }
+  }
+  return tau;
+}
+
+// Fused [ASD threshold +] sign-and-pack + conv [+ epilogue]. x: float (N, C, H, W) of any strides, or already packed
+// int64 [N, H, W, CW] (then neither a threshold nor ASD weights).
 torch::Tensor binary_conv2d(const torch::Tensor& x, const std::optional<torch::Tensor>& threshold,
                             const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH, int64_t KW, int64_t sh,
                             int64_t sw, int64_t ph, int64_t pw, int64_t isa, const std::optional<torch::Tensor>& scale,
-                            const std::optional<torch::Tensor>& bias) {
+                            const std::optional<torch::Tensor>& bias, const std::optional<torch::Tensor>& residual,
+                            const std::optional<torch::Tensor>& prelu, const std::optional<double>& clamp_min,
+                            const std::optional<double>& clamp_max, const std::optional<torch::Tensor>& asd_fc1,
+                            const std::optional<torch::Tensor>& asd_fc2) {
   isa = resolve_isa(isa);
+  const bool asd = asd_fc1.has_value() || asd_fc2.has_value();
+  TORCH_CHECK(asd_fc1.has_value() == asd_fc2.has_value(), "zoo binary kernel: ASD needs both fc1 and fc2 weights");
+  TORCH_CHECK(!(asd && threshold.has_value()), "zoo binary kernel: give a threshold or ASD weights, not both");
   if (x.scalar_type() == torch::kLong) {
-    TORCH_CHECK(!threshold.has_value(), "zoo binary kernel: a threshold cannot be applied to packed activations");
-    return conv_packed(x, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias);
+    TORCH_CHECK(!threshold.has_value() && !asd,
+                "zoo binary kernel: a threshold cannot be applied to packed activations");
+    return conv_packed(x, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias, residual, prelu, clamp_min,
+                       clamp_max);
   }
   check_activation(x);
   TORCH_CHECK(x.size(1) == C, "zoo binary kernel: input has ", x.size(1), " channels, in_channels=", C);
-  return conv_packed(pack_activations(x, threshold, isa), wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias);
+  const std::optional<torch::Tensor> tau = asd ? std::optional<torch::Tensor>(asd_threshold(x, *asd_fc1, *asd_fc2))
+                                               : threshold;
+  return conv_packed(pack_activations(x, tau, isa), wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias,
+                     residual, prelu, clamp_min, clamp_max);
 }
 
 std::vector<std::string> available_isas() {
@@ -828,11 +957,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_weights", &pack_weights, "weight"_a, nogil);
   m.def("block_weights", &block_weights, "packed"_a, nogil);
   m.def("pack_activations", &pack_activations, "x"_a, "threshold"_a, "isa"_a, nogil);
+  const auto none = pybind11::none();
+  m.def("asd_threshold", &asd_threshold, "x"_a, "fc1"_a, "fc2"_a, nogil);
   m.def("conv_packed", &conv_packed, "act"_a, "wblocked"_a, "out_channels"_a, "in_channels"_a, "kh"_a, "kw"_a,
-        "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, "scale"_a = pybind11::none(), "bias"_a = pybind11::none(), nogil);
+        "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, "scale"_a = none, "bias"_a = none, "residual"_a = none,
+        "prelu_weight"_a = none, "clamp_min"_a = none, "clamp_max"_a = none, nogil);
   m.def("binary_conv2d", &binary_conv2d, "x"_a, "threshold"_a, "wblocked"_a, "out_channels"_a, "in_channels"_a,
-        "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, "scale"_a = pybind11::none(),
-        "bias"_a = pybind11::none(), nogil);
+        "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, "scale"_a = none, "bias"_a = none,
+        "residual"_a = none, "prelu_weight"_a = none, "clamp_min"_a = none, "clamp_max"_a = none,
+        "asd_fc1"_a = none, "asd_fc2"_a = none, nogil);
   m.def("best_isa", [] { return isa_name(best_isa()); });
   m.def("available_isas", &available_isas);
   m.def("isa_code", [](const std::string& name) -> int64_t {
