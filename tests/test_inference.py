@@ -115,7 +115,7 @@ def test_folded_form_is_bit_exact_where_pytorch_bn_rounds_once(arch: str) -> Non
         assert torch.equal(zoo.to_inference(model)(x), model(x))
 
 
-@pytest.mark.parametrize("arch", ["resnet20_bnn", "resnet20_sdbnn", "resnet18_bireal"])
+@pytest.mark.parametrize("arch", ["resnet20_bnn", "resnet20_sdbnn", "resnet18_cifar_sdbnn", "resnet18_bireal"])
 def test_residual_units_run_in_the_epilogue_and_equal_the_unfused_ops(arch: str, monkeypatch) -> None:
     """Every residual unit of a folded inference form adds its shortcut and applies its activation in the kernel's
     epilogue, with the same result as the folded conv followed by PyTorch's add and activation."""

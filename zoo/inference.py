@@ -76,11 +76,11 @@ class PackedBinaryConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x)
 
-    def forward_add_act(self, x: torch.Tensor, residual: torch.Tensor, act: nn.Module) -> torch.Tensor | None:
-        """``act(self(x) + residual)`` with the add and ``act`` in the kernel's epilogue, the same float32 ops as
-        PyTorch's; None (nothing computed) unless ``act`` is an un-hooked ``nn.PReLU``, ``nn.Hardtanh`` or
-        ``nn.Identity``, this module has no hooks and ``residual`` is float32."""
-        if _has_hooks(self) or _has_hooks(act) or residual.dtype is not torch.float32:
+    def forward_add_act(self, x: torch.Tensor, residual: torch.Tensor | None, act: nn.Module) -> torch.Tensor | None:
+        """``act(self(x) + residual)`` (``act(self(x))`` for ``residual=None``) with the add and ``act`` in the
+        kernel's epilogue, the same float32 ops as PyTorch's; None (nothing computed) unless ``act`` is an un-hooked
+        ``nn.PReLU``, ``nn.Hardtanh`` or ``nn.Identity``, this module has no hooks and ``residual`` is float32."""
+        if _has_hooks(self) or _has_hooks(act) or (residual is not None and residual.dtype is not torch.float32):
             return None
         if type(act) is nn.PReLU:
             return self._conv(x, residual=residual, prelu_weight=act.weight.detach())

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
@@ -34,6 +33,7 @@ from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_re
 from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
 from zoo.nn import CIRec
 from zoo.nn.ir2net import hardtanh_act
+from zoo.nn.residual_unit import conv_bn_add_act
 
 __all__ = ["BinaryResNet18Cifar", "BinaryResNet18Block"]
 
@@ -58,10 +58,11 @@ class BinaryResNet18Block(nn.Module):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs)
             )
+        self.act = nn.Hardtanh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.hardtanh(self.bn1(self.conv1(x)))
-        return F.hardtanh(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = conv_bn_add_act(self.conv1, self.bn1, x, None, self.act)
+        return conv_bn_add_act(self.conv2, self.bn2, out, self.shortcut(x), self.act)
 
 
 class BinaryResNet18Cifar(BinaryClassifier):
