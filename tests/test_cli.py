@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import zoo
+from zoo.bench import interleaved_burst_ms
 from zoo.cli import main
 from zoo.data import load_dataset
 from zoo.registry import load_manifest
@@ -142,6 +144,27 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     for arch, fp32 in sizes["packed"].items():
         assert 0 < sizes["packed_float16_head"][arch]["bytes"] < fp32["bytes"]
         assert fp32["times_smaller"] == pytest.approx(sizes["torchvision resnet18 fp32 bytes"] / fp32["bytes"], 0.01)
+
+
+def test_burst_timing_separates_a_turns_first_call_from_the_steady_ones():
+    """A candidate that is slow only right after another one ran (its caches refilled) shows that in its first-call
+    time and not in its steady time; every candidate runs the same number of calls."""
+    calls: list[str] = []
+
+    def candidate(name: str, cold_s: float):
+        def run() -> None:
+            if calls and calls[-1] != name:
+                time.sleep(cold_s)
+            calls.append(name)
+
+        return run
+
+    times = interleaved_burst_ms({"a": candidate("a", 0.02), "b": candidate("b", 0.0)}, rounds=4, burst=3)
+    assert times["a"][1] >= 20 > times["a"][0] and times["b"][1] < 20
+    assert calls.count("a") == calls.count("b") == 1 + 4 * 3
+    assert calls[2:8] == ["a"] * 3 + ["b"] * 3  # after one warm-up call each, turns of 3
+    with pytest.raises(ValueError, match="burst must be >= 2"):
+        interleaved_burst_ms({"a": candidate("a", 0.0)}, rounds=1, burst=1)
 
 
 def test_bench_checkpoint_measures_the_packed_model_beside_its_dense_parent(capsys):

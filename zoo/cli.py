@@ -178,10 +178,12 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
           f"kernel {result['kernel_backend']}, torch {result['torch']}")  # fmt: skip
     rows = [
         {"what": r["name"], "batch": r["batch"], "ms": f"{r['ms']:.3f}", "baseline": r["baseline"],
-         "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x"}
+         "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x",
+         "first-call speedup": f"{r['first_call_speedup']:.1f}x" if "first_call_speedup" in r else ""}
         for r in result["rows"]
     ]  # fmt: skip
     print(_table(rows, list(rows[0])))
+    print(f"timing: {result['timing']}")
     sizes = result["checkpoint_size"]
     print(f"checkpoint size vs torchvision resnet18 fp32 ({sizes['torchvision resnet18 fp32 bytes'] / 1e6:.2f} MB):")
     for key, floats in (("packed", "float32"), ("packed_float16_head", "float16")):

@@ -40,21 +40,19 @@ class PackedBinaryConv2d(nn.Module):
     """A binary convolution on packed weights (inference only, no autograd).
 
     After :meth:`fold_batchnorm` it also applies that BN's eval-mode affine (buffers ``bn_scale``, ``bn_bias``) in
-    the kernel's epilogue; :meth:`forward_add_act` adds a residual and an activation there too. With
-    ``fuse_asd=True`` SD-BNN's ASD threshold is computed inside the C++ kernel's call (float32 CPU inputs; its mean
-    rounds differently from PyTorch's), otherwise by the ASD module.
+    the kernel's epilogue; :meth:`forward_add_act` adds a residual and an activation there too. SD-BNN's ASD
+    threshold is computed inside the C++ kernel's call, by the same ATen ops as the ASD module (bit for bit).
     """
 
     binary = True
 
-    def __init__(self, conv: BinaryConv2d, fuse_asd: bool = False) -> None:
+    def __init__(self, conv: BinaryConv2d) -> None:
         super().__init__()
         if conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("the packed kernels support groups=1 and dilation=1 only")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.asd: ActivationSelfDistribution | None = copy.deepcopy(getattr(conv, "asd", None))
-        self.fuse_asd = fuse_asd
         with torch.no_grad():
             self.register_buffer("weight_packed", pack_weights(conv.binary_weight()))
         self.register_buffer("bn_scale", None)
@@ -93,14 +91,10 @@ class PackedBinaryConv2d(nn.Module):
     def _conv(self, x: torch.Tensor, **epilogue) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected an (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
-        threshold, asd_weights = None, None
-        if self.asd is not None and self.fuse_asd:
-            asd_weights = (self.asd.fc1.weight.detach(), self.asd.fc2.weight.detach())
-        elif self.asd is not None:
-            threshold = -self.asd(x)[:, :, 0, 0]
+        asd_weights = None if self.asd is None else (self.asd.fc1.weight.detach(), self.asd.fc2.weight.detach())
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         out = run_binary_conv2d(
-            x, self.weight_packed, self.out_channels, self.in_channels, self.geometry, threshold, asd_weights,
+            x, self.weight_packed, self.out_channels, self.in_channels, self.geometry, None, asd_weights,
             self.bn_scale, self.bn_bias, **epilogue,
         )  # fmt: skip
         return out.contiguous(memory_format=layout)  # keep the model's layout: the float ops after it round alike
@@ -166,15 +160,14 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
     With ``fold_bn=False`` (every BN kept) the copy keeps the model's layout and its logits equal the fake-quant
     model's bit for bit.
     ``channels_last=True`` is the fastest form on CPUs (pooling, BN and activations run fastest in it, and it is the
-    kernels' native output, and SD-BNN's ASD threshold is computed inside the kernel's call instead of by six
-    PyTorch ops); its float ops round differently, so an activation within an ulp of its threshold may take the
-    other sign (predictions agreed on all 10,000 Fashion-MNIST test images of the released BNNs).
+    kernels' native output); its float ops round differently, so an activation within an ulp of zero may take
+    the other sign (predictions agreed on all 10,000 Fashion-MNIST test images of the released BNNs).
     """
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, BinaryConv2d):
-                setattr(module, child_name, PackedBinaryConv2d(child, fuse_asd=channels_last))
+                setattr(module, child_name, PackedBinaryConv2d(child))
     if fold_bn:
         _fold_batchnorms(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -393,8 +393,9 @@ def run_binary_conv2d(
     kernel still checks every shape. ``threshold``: a tensor of shape ``[C]`` or ``[N, C]`` or None.
 
     ``asd_weights = (fc1, fc2)`` packs against SD-BNN's activation self-distribution threshold
-    ``-sigmoid(fc2 relu(fc1 mean_hw(x)))``, computed inside the C++ kernel's call for a float32 CPU ``x`` (its mean
-    rounds differently from PyTorch's) and by :func:`zoo.nn.self_distribution.activation_shift` elsewhere.
+    ``-sigmoid(fc2 relu(fc1 mean_hw(x)))``: inside the C++ kernel's call for a float32 CPU ``x`` (the same ATen ops as
+    :func:`zoo.nn.self_distribution.activation_shift`, bit for bit, without the interpreter between them), by that
+    function elsewhere.
     """
     kh, kw, sh, sw, ph, pw = geometry
     ext, code = _select()

@@ -861,57 +861,20 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
 // SD-BNN's activation self-distribution as a packing threshold.
 // ------------------------------------------------------------------------------------------------------------------
 
-// tau[n, c] = -sigmoid(fc2 . relu(fc1 . mean_hw(x[n])))[c] for float32 x (N, C, H, W) of any strides and bias-free
-// fc1 [hidden, C], fc2 [C, hidden]: the SE branch's output, negated. Pixels are summed in float32 along each row,
-// rows in double; the FCs and the sigmoid run in double and round to float32 once. PyTorch's mean, linear and
-// sigmoid round differently, so a threshold may differ from theirs in the last bits.
+// tau[n, c] = -sigmoid(fc2 . relu(fc1 . mean_hw(x[n])))[c] for float32 x (N, C, H, W) and bias-free fc1 [hidden, C],
+// fc2 [C, hidden]: the SE branch's output, negated. The same ATen ops as the Python branch (mean, linear, relu,
+// sigmoid), so the same values bit for bit, without the interpreter's cost between them.
 torch::Tensor asd_threshold(const torch::Tensor& x, const torch::Tensor& fc1, const torch::Tensor& fc2) {
   check_activation(x);
   check_float_cpu(x, "x");
   check_float_cpu(fc1, "asd fc1 weight");
   check_float_cpu(fc2, "asd fc2 weight");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = fc1.size(0);
-  TORCH_CHECK(fc1.dim() == 2 && fc1.size(1) == C && fc2.dim() == 2 && fc2.size(0) == C && fc2.size(1) == D,
+  const int64_t C = x.size(1);
+  TORCH_CHECK(fc1.dim() == 2 && fc1.size(1) == C && fc2.dim() == 2 && fc2.size(0) == C && fc2.size(1) == fc1.size(0),
               "zoo binary kernel: ASD weights must be fc1 [hidden, ", C, "] and fc2 [", C, ", hidden], got ",
               fc1.sizes(), " and ", fc2.sizes());
-  TORCH_CHECK(H * W > 0, "zoo binary kernel: the ASD mean needs a spatial size >= 1, got ", H, "x", W);
-  const torch::Tensor xs = x.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view of a channels_last tensor
-  const torch::Tensor w1 = fc1.contiguous(), w2 = fc2.contiguous();
-  const float* px = xs.data_ptr<float>();
-  const int64_t rows = N * H;
-  std::vector<double> row_sums(rows * C);
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / (W * C)), [&](int64_t r0, int64_t r1) {
-    std::vector<float> acc(C);
-    for (int64_t r = r0; r < r1; ++r) {
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      const float* row = px + r * W * C;
-      for (int64_t w = 0; w < W; ++w)
-        for (int64_t c = 0; c < C; ++c) acc[c] += row[w * C + c];
-      std::copy(acc.begin(), acc.end(), row_sums.begin() + r * C);
-    }
-  });
-  torch::Tensor tau = torch::empty({N, C}, torch::dtype(torch::kFloat));
-  const float* a = w1.data_ptr<float>();
-  const float* b = w2.data_ptr<float>();
-  std::vector<double> mean(C), hidden(D);
-  for (int64_t n = 0; n < N; ++n) {
-    std::fill(mean.begin(), mean.end(), 0.0);
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t c = 0; c < C; ++c) mean[c] += row_sums[(n * H + h) * C + c];
-    for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(mean[c] / static_cast<double>(H * W));
-    for (int64_t d = 0; d < D; ++d) {
-      double z = 0.0;
-      for (int64_t c = 0; c < C; ++c) z += static_cast<double>(a[d * C + c]) * mean[c];
-      hidden[d] = static_cast<float>(std::max(z, 0.0));
-    }
-    float* out = tau.data_ptr<float>() + n * C;
-    for (int64_t c = 0; c < C; ++c) {
-      double z = 0.0;
-      for (int64_t d = 0; d < D; ++d) z += static_cast<double>(b[c * D + d]) * hidden[d];
-      out[c] = -static_cast<float>(1.0 / (1.0 + std::exp(-z)));
-    }
-  }
-  return tau;
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, "zoo binary kernel: the ASD mean needs a spatial size >= 1");
+  return at::neg(at::sigmoid(at::linear(at::relu(at::linear(at::mean(x, {2, 3}), fc1)), fc2)));
 }
 
 // Fused [ASD threshold +] sign-and-pack + conv [+ epilogue]. x: float (N, C, H, W) of any strides, or already packed
