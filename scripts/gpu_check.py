@@ -9,7 +9,9 @@
    stage 2-4 3x3 convs (ImageNet sizes) at batch 1 and 256: CUDA events, median over samples, each sample timing a
    loop of calls (eager, i.e. launch overhead included) and, where capture works, a CUDA graph of the same loop
    (GPU time only). Every tile config of the tensor-core kernel is timed too, so the heuristic can be checked. The
-   binary outputs are also compared with an fp32 cuDNN conv of the ±1 tensors (TF32 off) on every benchmarked shape.
+   binary outputs are also compared with an fp32 cuDNN conv of the ±1 tensors (TF32 off) on every benchmarked shape;
+4. before 3, times the whole ``resnet18_sdbnn`` inference form at batch 1 (eager and CUDA graph) beside torchvision's
+   resnet18 in fp16 and fp32, and compares its logits with the fake-quant model's.
 
 Prints a table and writes everything as JSON to the path given. Needs no internet and no datasets.
 """
@@ -252,6 +254,48 @@ def _bench_shape(zk, zkc, ext, name, hw, cin, cout, stride, batch, samples) -> d
     return row
 
 
+def _bench_end_to_end(samples: int) -> dict:
+    """The whole ``resnet18_sdbnn`` inference form at batch 1 (224x224) on the GPU, eager and replayed from a CUDA
+    graph, beside torchvision's resnet18 (cuDNN, channels_last, fp16 and fp32 with TF32 off), and its logits
+    against the fake-quant model's (random weights: a latency check, not an accuracy one)."""
+    import timm
+    import torchvision
+
+    import zoo
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    bnn = timm.create_model("resnet18_sdbnn").eval()
+    fast = zoo.to_inference(bnn, channels_last=True).to(dev)
+    bnn = bnn.to(dev)
+    dense16 = torchvision.models.resnet18().eval().to(dev).half().to(memory_format=torch.channels_last)
+    dense32 = torchvision.models.resnet18().eval().to(dev).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 224, 224, device=dev)
+    x16 = x.half().contiguous(memory_format=torch.channels_last)
+    row: dict = {"batch": 1}
+    with torch.inference_mode():
+        ref, out = bnn(x), fast(x)
+        row["max_abs_logit_diff_vs_fake_quant"] = float((out - ref).abs().max())
+        row["same_prediction_as_fake_quant"] = bool(torch.equal(out.argmax(1), ref.argmax(1)))
+        candidates = {
+            "resnet18_sdbnn packed": lambda: fast(x),
+            "torchvision resnet18 fp16 channels_last": lambda: dense16(x16),
+            "torchvision resnet18 fp32 channels_last": lambda: dense32(x),
+        }
+        row["eager"] = {name: _time_us(fn, samples) for name, fn in candidates.items()}
+        row["graph"] = {name: _time_graph_us(fn, samples, calls=5) for name, fn in candidates.items()}
+    return row
+
+
+def _print_end_to_end(row: dict) -> None:
+    diff, same = row["max_abs_logit_diff_vs_fake_quant"], row["same_prediction_as_fake_quant"]
+    print(f"end to end, batch 1, 224x224 (logits vs fake-quant: max |diff| {diff:.2e}, same prediction: {same})")
+    for name, eager in row["eager"].items():
+        graph = row["graph"].get(name) or {}
+        graph_us = f"{graph['median_us']:.1f}us" if "median_us" in graph else graph.get("error", "-")
+        print(f"  {name:<42} eager {eager['median_us']:>8.1f}us   CUDA graph {graph_us}")
+
+
 def _print_table(rows: list[dict]) -> None:
     head = (
         f"{'layer':<12}{'N':>4} {'cuDNN fp16':>11} {'bin conv':>9} {'pack':>7} {'pack+conv':>10} {'simt':>9} "
@@ -336,6 +380,15 @@ def main() -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False  # the fp32 exactness reference
         torch.backends.cuda.matmul.allow_tf32 = False
+        _log("end to end: resnet18_sdbnn inference form vs torchvision resnet18")
+        try:
+            report["end_to_end"] = _bench_end_to_end(args.samples)
+            _print_end_to_end(report["end_to_end"])
+        except Exception as exc:
+            report["end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            traceback.print_exc()
+        torch.cuda.empty_cache()
+        save()
         rows = []
         report["bench"] = rows
         for batch in BATCHES:
@@ -353,9 +406,14 @@ def main() -> int:
                 save()
         _print_table(rows)
 
-    ok = report.get("tests", {}).get("returncode", 0) == 0 and all(
-        "error" not in r and r["exact_vs_fp32_conv"] and r["exact_simt"] and r["exact_end_to_end"]
-        for r in report.get("bench", [])
+    ok = report.get("end_to_end", {}).get("same_prediction_as_fake_quant", True) is True
+    ok = (
+        ok
+        and report.get("tests", {}).get("returncode", 0) == 0
+        and all(
+            "error" not in r and r["exact_vs_fp32_conv"] and r["exact_simt"] and r["exact_end_to_end"]
+            for r in report.get("bench", [])
+        )
     )
     report["ok"] = ok
     save()

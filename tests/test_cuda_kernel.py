@@ -463,5 +463,41 @@ def test_unsupported_configurations_raise(ext):
         zkc.cuda_binary_conv2d(x, pw, 4, 8, 3, config=7)
 
 
+@needs_gpu
+def test_epilogue_on_the_gpu_equals_the_cpu_kernels(ext):
+    """binary_conv2d's epilogue (affine, residual, PReLU, clamp) on CUDA tensors gives the CPU kernels' result."""
+    gen = torch.Generator().manual_seed(11)
+    x, wt = torch.randn(2, 70, 9, 8, generator=gen), torch.randn(33, 70, 3, 3, generator=gen)
+    scale, bias, slopes = (torch.randn(33, generator=gen) for _ in range(3))
+    residual = torch.randn(2, 33, 5, 4, generator=gen)
+    packed = zk.pack_weights(wt)
+    for extra in ({"prelu_weight": slopes}, {"clamp": (-1.0, 1.0)}):
+        cpu = zk.binary_conv2d(x, packed, 33, 70, 3, 2, 1, scale=scale, bias=bias, residual=residual, **extra)
+        on_gpu = {k: v.to(DEV) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+        gpu = zk.binary_conv2d(
+            x.to(DEV), packed, 33, 70, 3, 2, 1, scale=scale.to(DEV), bias=bias.to(DEV), residual=residual.to(DEV),
+            **on_gpu,
+        )  # fmt: skip
+        assert torch.equal(gpu.cpu(), cpu)
+
+
+@needs_gpu
+@pytest.mark.parametrize("arch", ["resnet20_sdbnn", "resnet18_bireal"])
+def test_inference_form_on_the_gpu_matches_the_fake_quant_model(ext, arch):
+    """A whole BNN's inference form on the GPU (packed convs, folded BNs, fused residual units, SD-BNN's ASD) predicts
+    what its fake-quant model predicts there, logits within float rounding."""
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("zoo.models")  # registers the architectures (also under gpu_check.py's stub package)
+    from zoo.inference import to_inference
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, in_chans=1).eval().to(DEV)
+    x = torch.randn(4, 1, 32, 32, device=DEV)
+    with torch.inference_mode():
+        ref, out = model(x), to_inference(model)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
