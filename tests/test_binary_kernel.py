@@ -397,6 +397,7 @@ def test_residual_epilogue_checks(path):
         "residual must be float32": {"residual": torch.zeros(2, 4, 3, 3, dtype=torch.float64)},
         r"prelu_weight needs 1 or 4 \(out_channels\) elements": {"prelu_weight": torch.ones(3)},
         r"clamp must be a \(min, max\) pair": {"clamp": (1.0, -1.0)},
+        r"clamp must be a \(min, max\) pair.*0.5": {"clamp": 0.5},
     }
     for message, kwargs in bad.items():
         with pytest.raises(ValueError, match=message):

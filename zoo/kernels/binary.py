@@ -466,10 +466,13 @@ def _check_residual_terms(
     out_channels = output_shape[1]
     if prelu_weight is not None and not (prelu_weight.numel() == 1 or tuple(prelu_weight.shape) == (out_channels,)):
         raise ValueError(f"prelu_weight needs 1 or {out_channels} (out_channels) elements, got {prelu_weight.shape}")
-    if clamp is not None:
-        lo, hi = clamp  # a non-pair fails here with Python's own unpacking error
-        if not (isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real) and lo <= hi):
-            raise ValueError(f"clamp must be a (min, max) pair of numbers with min <= max, got {clamp!r}")
+    if clamp is not None and not (
+        isinstance(clamp, (tuple, list))
+        and len(clamp) == 2
+        and all(isinstance(v, numbers.Real) for v in clamp)
+        and clamp[0] <= clamp[1]
+    ):
+        raise ValueError(f"clamp must be a (min, max) pair of numbers with min <= max, got {clamp!r}")
 
 
 def _apply_epilogue(
