@@ -117,15 +117,9 @@ def _cpu_description() -> tuple[str, list[str]]:
     return name, [f for f in CPU_FLAGS if f in flags]
 
 
-def _row(
-    group: str, name: str, batch: int, ours: tuple[float, float], baseline: str, theirs: tuple[float, float]
-) -> dict[str, Any]:
-    """A side-by-side row from two (steady, first-call) times of :func:`interleaved_burst_ms`."""
-    (ms, first_ms), (baseline_ms, baseline_first_ms) = ours, theirs
+def _row(group: str, name: str, batch: int, ms: float, baseline: str, baseline_ms: float) -> dict[str, Any]:
     return {"group": group, "name": name, "batch": batch, "ms": round(ms, 4), "baseline": baseline,
-            "baseline_ms": round(baseline_ms, 4), "speedup": round(baseline_ms / ms, 2),
-            "first_call_ms": round(first_ms, 4), "baseline_first_call_ms": round(baseline_first_ms, 4),
-            "first_call_speedup": round(baseline_first_ms / first_ms, 2)}  # fmt: skip
+            "baseline_ms": round(baseline_ms, 4), "speedup": round(baseline_ms / ms, 2)}  # fmt: skip
 
 
 def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
@@ -138,16 +132,9 @@ def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
         for batch in batches:
             x = torch.randn(batch, c, hw, hw)
             with torch.inference_mode():
-                times = interleaved_burst_ms(
-                    {
-                        "fp32": lambda x=x, w=w: F.conv2d(x, w, None, 1, 1),
-                        "binary": lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1),
-                    },
-                    rounds=max(3, repeats // 3),
-                )
-            rows.append(
-                _row("conv3x3 (packing included)", name, batch, times["binary"], "F.conv2d fp32", times["fp32"])
-            )
+                fp32 = median_ms(lambda x=x, w=w: F.conv2d(x, w, None, 1, 1), repeats)
+                binary = median_ms(lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1), repeats)
+            rows.append(_row("conv3x3 (packing included)", name, batch, binary, "F.conv2d fp32", fp32))
     return rows
 
 
@@ -176,8 +163,12 @@ def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, A
                 },
                 rounds=max(3, repeats // (4 * batch)),
             )
-        ours = times.pop(name)
-        rows += [_row("end-to-end 224x224", name, batch, ours, label, theirs) for label, theirs in times.items()]
+        (ours, ours_first) = times.pop(name)
+        for label, (ms, first_ms) in times.items():
+            row = _row("end-to-end 224x224", name, batch, ours, label, ms)
+            row |= {"first_call_ms": round(ours_first, 4), "baseline_first_call_ms": round(first_ms, 4),
+                    "first_call_speedup": round(first_ms / ours_first, 2)}  # fmt: skip
+            rows.append(row)
     return rows
 
 
@@ -234,8 +225,9 @@ def bench_kernels(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "kernel_backend": kernel_backend(),
-        "timing": "medians; candidates timed in turns of 3 calls each: ms = the 2nd and 3rd calls (the candidate's "
-        "data in the caches), first_call_ms = a turn's 1st call (after the other candidate(s) evicted them)",
+        "timing": "medians. Layer rows: repeated calls of one op. End-to-end rows: candidates in turns of 3 calls "
+        "each; ms = the 2nd and 3rd calls (the model's data in the caches), first_call_ms = a turn's 1st call (after "
+        "the other candidates evicted them)",
         "rows": rows,
         "checkpoint_size": _checkpoint_sizes(),
     }

@@ -179,7 +179,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
     rows = [
         {"what": r["name"], "batch": r["batch"], "ms": f"{r['ms']:.3f}", "baseline": r["baseline"],
          "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x",
-         "first-call speedup": f"{r['first_call_speedup']:.1f}x"}
+         "first-call speedup": f"{r['first_call_speedup']:.1f}x" if "first_call_speedup" in r else ""}
         for r in result["rows"]
     ]  # fmt: skip
     print(_table(rows, list(rows[0])))
