@@ -399,7 +399,13 @@ def run_binary_conv2d(
     """
     kh, kw, sh, sw, ph, pw = geometry
     ext, code = _select()
-    if ext is not None and x.is_cpu and packed_weight.is_cpu and (asd_weights is None or x.dtype is torch.float32):
+    use_ext = ext is not None and x.is_cpu and packed_weight.is_cpu
+    if asd_weights is not None and not (use_ext and x.dtype is torch.float32):
+        from zoo.nn.self_distribution import activation_shift  # only off the C++ path: keeps kernels free of zoo.nn
+
+        with torch.no_grad():
+            threshold, asd_weights = -activation_shift(x, *asd_weights)[:, :, 0, 0], None
+    if use_ext:
         lo, hi = (None, None) if clamp is None else clamp
         fc1, fc2 = (None, None) if asd_weights is None else asd_weights
         blocked = _blocked_weights(ext, packed_weight)
@@ -407,11 +413,6 @@ def run_binary_conv2d(
             x.detach(), threshold, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code, scale, bias,
             residual, prelu_weight, lo, hi, fc1, fc2,
         )  # fmt: skip
-    if asd_weights is not None:
-        from zoo.nn.self_distribution import activation_shift  # only off the C++ path: keeps kernels free of zoo.nn
-
-        with torch.no_grad():
-            threshold = -activation_shift(x, *asd_weights)[:, :, 0, 0]
     if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
         out = cuda_kernels.cuda_binary_conv2d(
             x, packed_weight, out_channels, in_channels, (kh, kw), (sh, sw), (ph, pw), threshold=threshold
