@@ -175,3 +175,55 @@ def test_bench_checkpoint_measures_the_packed_model_beside_its_dense_parent(caps
     assert any("packed" in n for n in names) and any("fake-quant" in n for n in names)
     assert any("dense parent" in n for n in names) and result["threads"] == 1 and result["peak_rss_mb"] > 0
     assert all(r["ms"] > 0 and r["images_per_s"] > 0 for runs in result["results"].values() for r in runs)
+
+
+def _copy_checkpoints(tmp_path: Path, *ids: str) -> Path:
+    import shutil
+
+    from zoo.registry import models_dir
+
+    for checkpoint_id in ids:
+        shutil.copytree(models_dir() / checkpoint_id, tmp_path / checkpoint_id)
+    return tmp_path
+
+
+def test_bench_record_rewrites_the_speed_block_and_card_only(capsys, tmp_path, monkeypatch):
+    from zoo.cards import render_card
+
+    folder = _copy_checkpoints(tmp_path, "resnet20_bnn.fmnist", "resnet20.fmnist") / "resnet20_bnn.fmnist"
+    monkeypatch.setenv("ZOO_MODELS_DIR", str(tmp_path))
+    before = json.loads((folder / "config.json").read_text())
+    weights = (folder / "model.safetensors").read_bytes()
+    main(["bench", "resnet20_bnn.fmnist", "--batch", "1", "64", "--repeats", "2", "--threads", "1", "--record"])
+    assert "recorded in models/resnet20_bnn.fmnist" in capsys.readouterr().err
+    after = json.loads((folder / "config.json").read_text())
+    speed = after["zoo"].pop("speed")
+    before["zoo"].pop("speed")
+    assert after == before and (folder / "model.safetensors").read_bytes() == weights
+    assert speed["threads"] == 1 and speed["remeasured"]["date"] == time.strftime("%Y-%m-%d")
+    assert {r["batch"] for runs in speed["results"].values() for r in runs} == {1, 64}
+    card = (folder / "README.md").read_text()
+    assert card == render_card(json.loads((folder / "config.json").read_text()))
+    assert f"Measured again on {speed['remeasured']['date']}" in card
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_bench_record_refuses_what_a_card_cannot_hold_and_writes_nothing(tmp_path, monkeypatch):
+    from zoo.cards import render_card
+    from zoo.checkpoint import update_checkpoint_config
+
+    folder = _copy_checkpoints(tmp_path, "resnet20_bnn.fmnist", "resnet20.fmnist") / "resnet20_bnn.fmnist"
+    monkeypatch.setenv("ZOO_MODELS_DIR", str(tmp_path))
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="needs batches 1 and 64"):
+        main(["bench", "resnet20_bnn.fmnist", "--batch", "1", "--repeats", "2", "--threads", "1", "--record"])
+    with pytest.raises(KeyError):  # a speed block without results cannot be rendered: neither file is touched
+        update_checkpoint_config(folder, lambda config: config["zoo"]["speed"].pop("results"), render_card)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == files
+    with pytest.raises(SystemExit, match="has none to store"):
+        main(["bench", "kernels", "--record"])
+    monkeypatch.setenv("ZOO_MODELS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(zoo.errors.WeightsNotFoundError, match="does not exist"):
+        from zoo.bench import record_checkpoint_speed
+
+        record_checkpoint_speed({"id": "resnet20_bnn.fmnist", "results": {"m": [{"batch": 1}, {"batch": 64}]}})

@@ -322,3 +322,39 @@ def bench_checkpoint(
     candidates = speed_candidates(checkpoint_id, from_pretrained(checkpoint_id), parent)
     return {"id": checkpoint_id, **bench_models(candidates, tuple(entry["pretrained_cfg"]["input_size"]), batches,
                                                 repeats)}  # fmt: skip
+
+
+def record_checkpoint_speed(result: dict[str, Any]) -> dict[str, Any]:
+    """Store a ``bench_checkpoint`` result as ``models/<id>``'s speed block (config.json and card); return the config.
+
+    For re-measuring a released checkpoint after the kernels changed: the block says when and from which code commit
+    it was measured, and the card says it was re-measured after export. Weights and all other metadata stay as they
+    are (the weights' sha256 is untouched).
+    """
+    import datetime
+
+    from training.trainer import git_commit
+    from zoo.cards import render_card
+    from zoo.checkpoint import update_checkpoint_config
+    from zoo.errors import WeightsNotFoundError
+    from zoo.registry import CONFIG_NAME, models_dir
+
+    folder = models_dir() / result["id"]
+    if not (folder / CONFIG_NAME).is_file():
+        raise WeightsNotFoundError(
+            f"cannot record the speed of {result['id']!r}: {folder / CONFIG_NAME} does not exist. --record rewrites a "
+            "checkpoint folder of this repository's models/ (a clone of the zoo, not a pip install)."
+        )
+    batches = {row["batch"] for rows in result["results"].values() for row in rows}
+    if not {1, 64} <= batches:
+        raise ValueError(
+            f"cannot record a speed measured at batch {sorted(batches)}: a card's speed block (and the leaderboard's "
+            "latency columns) needs batches 1 and 64, as at export. Drop --batch or pass --batch 1 64."
+        )
+    speed = {key: value for key, value in result.items() if key != "id"}
+    speed["remeasured"] = {"date": datetime.date.today().isoformat(), "code_commit": git_commit()}
+
+    def set_speed(config: dict[str, Any]) -> None:
+        config["zoo"]["speed"] = speed
+
+    return update_checkpoint_config(folder, set_speed, render_card)

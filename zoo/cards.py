@@ -102,8 +102,14 @@ def _speed_section(speed: dict[str, Any] | None) -> str:
     rows = ["| model | batch | latency (ms) | images/s |", "| --- | --- | --- | --- |"]
     rows += [f"| {name} | {r['batch']} | {r['ms']:.3f} | {r['images_per_s']:,.0f} |"
              for name, runs in speed["results"].items() for r in runs]  # fmt: skip
+    when = "at export"
+    if "remeasured" in speed:
+        again = speed["remeasured"]
+        when = (
+            f"again on {again['date']} (after export, `zoo bench <id> --record`, code commit `{again['code_commit']}`)"
+        )
     return (
-        f"Measured at export on {speed['cpu']} ({', '.join(speed['cpu_flags']) or 'no SIMD flags read'}), "
+        f"Measured {when} on {speed['cpu']} ({', '.join(speed['cpu_flags']) or 'no SIMD flags read'}), "
         f"{speed['threads']} threads, torch {speed['torch']}, all rows in the same process (medians; the machine "
         "may have been running other jobs, so rerun `zoo bench <id>` for your own numbers):\n\n" + "\n".join(rows)
     )

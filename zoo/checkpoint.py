@@ -69,3 +69,23 @@ def write_checkpoint_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return config
+
+
+def update_checkpoint_config(
+    folder: Path, update: Callable[[dict[str, Any]], None], render_card: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    """Apply ``update`` to ``folder/config.json`` in place, then re-render the card from it; return the config.
+
+    Each file is swapped in whole (write beside, rename), so a reader never sees a half-written one. The card is a
+    function of the config: a kill between the two renames leaves only a stale card, which ``zoo cards`` redoes.
+    """
+    config_path = folder / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    update(config)
+    card = render_card(config)  # before anything is written: a config the card cannot render is refused whole
+    for path, text in ((config_path, json.dumps(config, indent=2) + "\n"), (folder / CARD_NAME, card)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    return config

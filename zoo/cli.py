@@ -130,6 +130,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.record and args.target in ("data", "kernels"):
+        sys.exit(f"--record stores a checkpoint's speed in its card; `zoo bench {args.target}` has none to store")
     if args.target == "data":
         cmd_bench_data(args)
     elif args.target == "kernels":
@@ -142,6 +144,14 @@ def cmd_bench_checkpoint(args: argparse.Namespace) -> None:
     from zoo.bench import bench_checkpoint
 
     result = bench_checkpoint(args.target, tuple(args.batch or (1, 64)), args.repeats, args.threads)
+    if args.record:
+        from zoo.bench import record_checkpoint_speed
+
+        record_checkpoint_speed(result)
+        print(
+            f"recorded in models/{args.target}/config.json and its card; run `zoo leaderboard --cached` next",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -260,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=200, help="data: batches to time")
     p.add_argument("--dataset", default="fashion_mnist", help="data: which dataset")
     p.add_argument("--layers-only", action="store_true", help="kernels: skip the end-to-end ResNet-18 rows")
+    p.add_argument("--record", action="store_true", help="checkpoint: write the result into models/<id> (card, config)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
