@@ -183,6 +183,15 @@ def test_cache_fills_columns_an_older_csv_lacks_and_remeasures_changed_weights(s
         assert {k: row[k] for k in lb.LATENCY_COLUMNS} == {k: sample[k] for k in lb.LATENCY_COLUMNS}
 
 
+def test_cache_never_keeps_a_stale_speed_block(sample_rows, tmp_path, monkeypatch):
+    stale = [{**r, "latency_b1_ms": "999.0", "latency_threads": "64"} for r in sample_rows]
+    lb.write_csv(stale, tmp_path / lb.CSV_NAME)
+    monkeypatch.setattr(lb, "measure_checkpoint", lambda cid, limit=None: pytest.fail(f"{cid} re-measured"))
+    rows = lb.build_leaderboard(cached=True, write=False, out_dir=tmp_path)
+    for row, sample in zip(rows, sample_rows, strict=True):
+        assert {k: str(row[k]) for k in lb.LATENCY_COLUMNS} == {k: str(sample[k]) for k in lb.LATENCY_COLUMNS}
+
+
 # ---------------------------------------------------------------------------------------------- reported data
 
 
@@ -224,3 +233,6 @@ def test_committed_readme_block_and_csv_match_the_released_checkpoints():
             k: entry["compression"][k] for k in ("params", "flops", "bops", "ops")
         }
     assert readme_block(rows) in README_PATH.read_text()
+    for row in rows:  # the latency columns are those of the speed block each config.json records now
+        speed = {k: str(v) for k, v in lb.speed_fields(lb.checkpoint_config(row["id"])).items()}
+        assert {k: row[k] for k in speed} == speed, f"{row['id']}: run `zoo leaderboard --cached` and commit"
