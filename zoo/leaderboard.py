@@ -9,8 +9,9 @@ unchanged, with ``cached``) and writes, into ``out_dir``:
 - ``accuracy_vs_ops.png`` and ``accuracy_vs_latency.png``: measured top-1 against OPs and against batch-1 latency,
   one panel per dataset, with the Pareto front of each panel.
 
-Latency is not re-measured here: it is the ``zoo.speed`` block that export measured into the checkpoint's
-config.json (its first entry, the checkpoint's own deployed form), with that block's device and threads.
+Latency is not re-measured here: it is the ``zoo.speed`` block recorded in the checkpoint's config.json by export
+or, later, by ``zoo bench <id> --record`` (its first entry, the checkpoint's own deployed form), with that block's
+device and threads.
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         "",
         "Every number in this table was computed by code from the released checkpoint: `zoo leaderboard` measured",
         "accuracy on the full test split of the checkpoint's dataset and counted params/FLOPs/BOPs on the model;",
-        "latency was measured at export (see below). Nothing here is typed in.",
+        "latency is the one recorded in its config.json (see below). Nothing here is typed in.",
         "",
         *_measured_table(rows),
         "",
@@ -296,8 +297,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         "  per image; **OPs** = BOPs / 64 + FLOPs, as in Bi-Real Net. Counted with `torch.utils.flop_counter`.",
         "- **size**: bytes of `model.safetensors` as released (binary weights stored bit-packed).",
         "- **latency b1 / b64**: median milliseconds per forward pass at batch 1 and batch 64 of the checkpoint's own",
-        "  form (packed 1-bit kernels for BNNs, fp32 for dense models), measured at export by `zoo bench <id>` and",
-        "  recorded in its config.json (`zoo.speed`); **latency on** is that measurement's device and thread count.",
+        "  form (packed 1-bit kernels for BNNs, fp32 for dense models), measured by `zoo bench <id>` at export or",
+        "  later with `--record` (the card says when), and recorded in its config.json (`zoo.speed`); **latency on**",
+        "  is that measurement's device and thread count.",
         "  `-` where the checkpoint records no speed. Latencies taken on different devices are not comparable.",
         "- **export top-1**: the top-1 recorded in config.json when the checkpoint was exported (a check on top-1).",
         "- **Pareto front**: on the front of top-1 vs OPs / vs batch-1 latency within its dataset (no other",
