@@ -213,7 +213,8 @@ def _bench_shape(zk, zkc, ext, name, hw, cin, cout, stride, batch, samples) -> d
     with torch.no_grad():
         xs = torch.where(x >= 0, 1.0, -1.0).float()
         ws = torch.where(w >= 0, 1.0, -1.0).float()
-        ref = F.conv2d(xs, ws, None, stride, 1)
+        with torch.backends.cudnn.flags(enabled=False):  # cudnn.benchmark may pick Winograd/FFT: inexact in fp32
+            ref = F.conv2d(xs, ws, None, stride, 1)
         y = conv_auto()
         row["exact_vs_fp32_conv"] = bool(torch.equal(y, ref))
         row["exact_simt"] = bool(torch.equal(simt(), ref))
@@ -304,8 +305,8 @@ def _print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        if "error" in r:
-            print(f"{r['layer']:<12}{r['batch']:>4} ERROR {r['error'][:100]}")
+        if "error" in r or "skipped" in r:
+            print(f"{r['layer']:<12}{r['batch']:>4} {'ERROR ' + r['error'][:100] if 'error' in r else 'skipped'}")
             continue
         e = r["eager"]
         simt = e.get("binary_conv_simt", {}).get("median_us", float("nan"))
@@ -319,6 +320,19 @@ def _print_table(rows: list[dict]) -> None:
             f"({r['best_config']} {r['best_config_us']:.1f}us)"
         )
     print("times: medians per call, eager (launch overhead included); 'x graph': cuDNN / binary, CUDA-graph replays")
+
+
+def verdict(report: dict) -> bool:
+    """Whether everything that ran passed: a crashed section fails; a shape skipped for time does not."""
+    e2e = report.get("end_to_end")
+    e2e_ok = e2e is None or ("error" not in e2e and e2e.get("same_prediction_as_fake_quant") is True)
+    tests_ok = report.get("tests", {}).get("returncode", 0) == 0
+    bench_ok = all(
+        "error" not in r and r["exact_vs_fp32_conv"] and r["exact_simt"] and r["exact_end_to_end"]
+        for r in report.get("bench", [])
+        if "skipped" not in r
+    )
+    return e2e_ok and tests_ok and bench_ok
 
 
 def main() -> int:
@@ -394,7 +408,7 @@ def main() -> int:
         for batch in BATCHES:
             for name, hw, cin, cout, stride in SHAPES:
                 if time.perf_counter() - t_start > args.budget:
-                    rows.append({"layer": name, "batch": batch, "error": "skipped: time budget exhausted"})
+                    rows.append({"layer": name, "batch": batch, "skipped": "time budget exhausted"})
                     continue
                 _log(f"bench {name} batch {batch}")
                 try:
@@ -406,15 +420,7 @@ def main() -> int:
                 save()
         _print_table(rows)
 
-    ok = report.get("end_to_end", {}).get("same_prediction_as_fake_quant", True) is True
-    ok = (
-        ok
-        and report.get("tests", {}).get("returncode", 0) == 0
-        and all(
-            "error" not in r and r["exact_vs_fp32_conv"] and r["exact_simt"] and r["exact_end_to_end"]
-            for r in report.get("bench", [])
-        )
-    )
+    ok = verdict(report)
     report["ok"] = ok
     save()
     _log(f"done in {report['elapsed_s']} s, ok={ok}; report: {args.out}")

@@ -251,6 +251,35 @@ def test_no_cuda_means_no_build(monkeypatch):
         zkc.cuda_pack_activations(x)
 
 
+@pytest.mark.parametrize("capability", [(7, 5), (10, 0), (12, 0)])
+def test_a_gpu_without_code_in_the_build_is_refused_by_name(monkeypatch, capability):
+    """The build holds sm_80 and sm_90 SASS and no PTX: other GPUs get a clear error, not a failed launch."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(zkc, "load_extension", lambda: pytest.fail("extension loaded for an unsupported GPU"))
+    with pytest.raises(RuntimeError, match=rf"compute capability {capability[0]}\.{capability[1]}.*binary_conv2d"):
+        zkc._ext(torch.device("cuda", 0))
+
+
+def test_gpu_check_verdict_fails_on_crashes_and_mismatches_only():
+    """scripts/gpu_check.py has never run on a GPU here: its pass/fail logic is checked on hand-made reports."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    exact = {"layer": "s2", "batch": 256, "exact_vs_fp32_conv": True, "exact_simt": True, "exact_end_to_end": True}
+    good = {"tests": {"returncode": 0}, "end_to_end": {"same_prediction_as_fake_quant": True}, "bench": [exact]}
+    assert gpu_check.verdict(good)
+    assert gpu_check.verdict({**good, "bench": [exact, {"layer": "s4", "batch": 256, "skipped": "time budget"}]})
+    assert gpu_check.verdict({"tests": {"returncode": 0}})  # --skip-bench
+    assert not gpu_check.verdict({**good, "end_to_end": {"error": "RuntimeError: boom"}})
+    assert not gpu_check.verdict({**good, "end_to_end": {"same_prediction_as_fake_quant": False}})
+    assert not gpu_check.verdict({**good, "tests": {"returncode": 1}})
+    assert not gpu_check.verdict({**good, "bench": [{**exact, "exact_simt": False}]})
+    assert not gpu_check.verdict({**good, "bench": [{"layer": "s3", "batch": 1, "error": "CUDA error"}]})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # (b) GPU correctness.
 # ---------------------------------------------------------------------------------------------------------------

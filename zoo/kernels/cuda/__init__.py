@@ -54,7 +54,14 @@ def cuda_kernel_unavailable_reason() -> str | None:
     return load_error()
 
 
-def _ext():
+def _ext(device: torch.device):
+    if not device_supported(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise RuntimeError(
+            f"the CUDA binary-conv kernels are built for sm_80 (8.x GPUs) and sm_90 (9.0) only; {device} is compute "
+            f"capability {major}.{minor}. Call zoo.kernels.binary_conv2d instead: on such a GPU it computes the same "
+            "result with PyTorch ops"
+        )
     ext = load_extension()
     if ext is None:
         raise RuntimeError(f"the CUDA binary-conv extension is unavailable ({load_error() or 'unknown reason'})")
@@ -126,7 +133,7 @@ def cuda_pack_activations(x: torch.Tensor, threshold: torch.Tensor | float | Non
     if not x.is_cuda:
         raise ValueError(f"cuda_pack_activations needs a CUDA tensor, got {x.device}")
     tau = _threshold_tensor(x, threshold)
-    return _ext().pack_activations(x.detach(), tau)
+    return _ext(x.device).pack_activations(x.detach(), tau)
 
 
 def cuda_binary_conv2d(
@@ -148,7 +155,8 @@ def cuda_binary_conv2d(
 
     ``x`` is a real CUDA ``(N, C, H, W)`` tensor (any strides) or packed activations ``[N, H, W, CW]`` (int64);
     ``packed_weight`` comes from :func:`zoo.kernels.pack_weights` (any device; moved and prepared once, cached).
-    ``algo``: ``"auto"``/``"mma"`` (tensor cores, sm_80+) or ``"simt"`` (CUDA cores, the reference path);
+    ``algo``: ``"auto"``/``"mma"`` (tensor cores) or ``"simt"`` (CUDA cores, the reference path); on a GPU the build
+    has no code for (compute capability other than 8.x and 9.0) both raise RuntimeError;
     ``config``: tensor-core tile config (-1: heuristic; 0..3 for benchmarks). Any kernel size, stride >= 1 and
     padding >= 0; ``dilation != 1`` and ``groups != 1`` raise NotImplementedError. Inference only (no autograd).
     """
@@ -160,7 +168,7 @@ def cuda_binary_conv2d(
     if not x.is_cuda:
         raise ValueError(f"cuda_binary_conv2d needs a CUDA input, got {x.device}")
     cw = (in_channels + 63) // 64
-    ext = _ext()
+    ext = _ext(x.device)
     if x.dtype is torch.int64:
         if x.dim() != 4 or x.shape[-1] != cw:
             raise ValueError(f"packed activations must be int64 [N, H, W, {cw}], got {tuple(x.shape)}")
@@ -177,8 +185,6 @@ def cuda_binary_conv2d(
         raise ValueError(f"the input needs a spatial size >= 1, got {h}x{w}")
     if h + 2 * ph < kh or w + 2 * pw < kw:
         raise ValueError(f"input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
-    if algo == "auto":
-        algo = "mma" if torch.cuda.get_device_capability(x.device)[0] >= 8 else "simt"
     if algo == "simt":
         wp = packed_weight.detach().to(x.device)
         return ext.conv_simt(act, wp, out_channels, in_channels, kh, kw, sh, sw, ph, pw)

@@ -424,7 +424,8 @@ template <int BM, int BN, int WM, int WN, int AVEC>
 cudaError_t launch_tile(const ConvParams& p, cudaStream_t stream) {
   auto kernel = conv_mma_kernel<BM, BN, WM, WN, AVEC>;
   constexpr size_t smem = mma_smem_bytes<BM, BN, WM, WN>();
-  if constexpr (smem > 48 * 1024) {  // opt in to more than 48 KiB of dynamic shared memory, once per device
+  {  // opt in to the dynamic shared memory, once per device, whatever its size: without it, the 48 KiB default
+     // bounds static (BM * 20 bytes) plus dynamic memory together, and bm128_bn64 is only 512 bytes under it
     static std::atomic<unsigned long long> configured{0};
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
