@@ -14,8 +14,8 @@
 //        out = 4*P - 2*S_a - 2*S_w + C*valid_taps
 //    P   = popc(a AND w) over all K: mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc;
 //    S_a = popcount of the pixel's gathered activation bits: one extra MMA per 16-row tile against a B operand that
-//          holds the real-channel mask (so garbage tail bits past C never count), issued only by the warps of the
-//          first warp column and shared through shared memory;
+//          holds the real-channel mask (so garbage tail bits past C never count), issued for tile mt by warp column
+//          mt % WN only (the extra MMAs spread evenly over the warps) and shared through shared memory;
 //    S_w = popcount of the weight taps inside the image: the valid taps of a pixel form a rectangle
 //          [kh0, kh1) x [kw0, kw1) (dilation 1), read from a per-output-channel 2-D prefix-sum table (4 loads);
 //    valid_taps = (kh1 - kh0) * (kw1 - kw0).
@@ -26,6 +26,10 @@
 //
 // 3. CUDA-core reference conv: one thread per output, loop over the valid taps only, C_t - 2*popc((a ^ w) & mask)
 //    per word (integer XOR on the ALU, no tensor cores), so it shares no arithmetic with the MMA path.
+//
+// The same file also compiles as host C++ with ZOO_BCONV_HOST_EMULATION defined (tests/cuda_emulation): the PTX
+// primitives (cp.async, mma, shared memory) and the launchers then come from an emulator that runs every CUDA
+// thread of a CTA as a coroutine, so the kernels' logic is tested against F.conv2d on machines without a GPU.
 
 #include "binary_conv_cuda.h"
 
@@ -119,29 +123,6 @@ __global__ void __launch_bounds__(256) pack_strided_kernel(const PackParams p) {
   }
 }
 
-template <typename T>
-cudaError_t pack_typed(const PackParams& p, cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  const bool ballot = p.sC == 1 && p.C > 1;
-  const int64_t items = p.N * p.H * p.W * p.CW;
-  if (items == 0) return cudaSuccess;
-  const int64_t per_block = ballot ? kThreads / 32 : kThreads;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(items, per_block), int64_t{1} << 20));
-  const bool has_th = p.th != nullptr;
-  if (ballot) {
-    if (has_th)
-      pack_ballot_kernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
-    else
-      pack_ballot_kernel<T, false><<<blocks, kThreads, 0, stream>>>(p);
-  } else {
-    if (has_th)
-      pack_strided_kernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
-    else
-      pack_strided_kernel<T, false><<<blocks, kThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
-}
-
 // ------------------------------------------------------------------------------------------------------------------
 // Tensor-core conv.
 // ------------------------------------------------------------------------------------------------------------------
@@ -151,6 +132,7 @@ constexpr int kRowU32 = 20;      // shared-memory row: 16 data u32 + 4 padding u
 constexpr int kStages = 3;
 constexpr int kInvalidOrigin = -(1 << 29);  // input origin of rows past M: every tap is out of the image
 
+#ifndef ZOO_BCONV_HOST_EMULATION  // the host emulator (tests/cuda_emulation) brings its own versions of these
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   return static_cast<u32>(__cvta_generic_to_shared(p));
 }
@@ -186,9 +168,17 @@ __device__ __forceinline__ void mma_and_popc(int32_t (&d)[4], const u32 (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int BM, int BN, int WM, int WN>
+// The CTA's dynamic shared memory (the kernel's only shared memory, so one size covers it: mma_smem_bytes).
+__device__ __forceinline__ u32* dynamic_shared_words() {
+  extern __shared__ __align__(16) u32 smem[];
+  return smem;
+}
+#endif  // ZOO_BCONV_HOST_EMULATION
+
+// The pipeline's A and B stages, then per row: the image's word offset (int64) and input origin and S_a (3 x int).
+template <int BM, int BN>
 constexpr size_t mma_smem_bytes() {
-  return static_cast<size_t>(kStages) * (BM + BN) * kRowU32 * sizeof(u32);
+  return static_cast<size_t>(kStages) * (BM + BN) * kRowU32 * sizeof(u32) + BM * (sizeof(int64_t) + 3 * sizeof(int));
 }
 
 // AVEC: 64-bit words per activation cp.async (1 or 2; 2 needs an even CW and a 16-byte aligned activation pointer).
@@ -205,12 +195,12 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
   static_assert(kThreads % kChunksPerRow == 0, "each thread must keep one word slot of the stage");
   static_assert(AVEC == 1 || AVEC == 2, "AVEC is 1 or 2 words");
 
-  extern __shared__ __align__(16) u32 smem[];
-  u32* sA = smem;                                 // [kStages][BM][kRowU32]
-  u32* sB = smem + kStages * BM * kRowU32;        // [kStages][BN][kRowU32]
-  __shared__ int64_t s_base[BM];                  // word offset of the pixel's image in act
-  __shared__ int s_ih0[BM], s_iw0[BM];            // input origin of the receptive field
-  __shared__ int s_sa[BM];                        // S_a per row
+  u32* sA = dynamic_shared_words();                                         // [kStages][BM][kRowU32]
+  u32* sB = sA + kStages * BM * kRowU32;                                     // [kStages][BN][kRowU32]
+  int64_t* s_base = reinterpret_cast<int64_t*>(sB + kStages * BN * kRowU32);  // word offset of the pixel's image
+  int* s_ih0 = reinterpret_cast<int*>(s_base + BM);                         // input origin of the receptive field
+  int* s_iw0 = s_ih0 + BM;
+  int* s_sa = s_iw0 + BM;                                                    // S_a per row
 
   const int tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
@@ -292,7 +282,6 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
   const int tail = C % 64;
   const u64 tail64 = tail ? ((u64{1} << tail) - 1) : ~u64{0};
   const u32 tail_half = (q & 1) ? static_cast<u32>(tail64 >> 32) : static_cast<u32>(tail64);
-  const bool do_sa = warp_n == 0;  // warp-uniform
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -322,7 +311,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
         b[nt][1] = Bs[nt * 8 * kRowU32 + ks * 8 + 4];
       }
       u32 m0w = ~0u, m1w = ~0u;
-      if (tail != 0 && do_sa) {
+      if (tail != 0) {
         // b[0] covers K word kbase + q/2 (low or high half by q & 1), b[1] the word two further.
         const int w0 = kt * kStageWords + ks * 4 + (q >> 1);
         m0w = (w0 % CW == CW - 1) ? tail_half : ~0u;
@@ -337,16 +326,17 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
         a[3] = As[(mt * 16 + 8) * kRowU32 + ks * 8 + 4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_and_popc(acc[mt][nt], a, b[nt][0], b[nt][1]);
-        if (do_sa) mma_and_popc(sa[mt], a, m0w, m1w);
+        if (mt % WN == warp_n) mma_and_popc(sa[mt], a, m0w, m1w);  // S_a of tile mt: one warp column, spread
       }
     }
   }
   cp_async_wait<0>();
 
   // S_a of every row (all 8 columns of the mask MMA hold the same value).
-  if (do_sa && q == 0) {
+  if (q == 0) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
+      if (mt % WN != warp_n) continue;
       s_sa[a_row0 + mt * 16] = sa[mt][0];
       s_sa[a_row0 + mt * 16 + 8] = sa[mt][2];
     }
@@ -407,48 +397,6 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
 #endif
 }
 
-struct MmaConfig {
-  int bm, bn;
-  const char* name;
-};
-
-constexpr MmaConfig kConfigs[] = {
-    {128, 128, "bm128_bn128_w2x4"},
-    {128, 64, "bm128_bn64_w4x2"},
-    {64, 64, "bm64_bn64_w2x2"},
-    {32, 32, "bm32_bn32_w1x2"},
-};
-constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
-
-template <int BM, int BN, int WM, int WN, int AVEC>
-cudaError_t launch_tile(const ConvParams& p, cudaStream_t stream) {
-  auto kernel = conv_mma_kernel<BM, BN, WM, WN, AVEC>;
-  constexpr size_t smem = mma_smem_bytes<BM, BN, WM, WN>();
-  {  // opt in to the dynamic shared memory, once per device, whatever its size: without it, the 48 KiB default
-     // bounds static (BM * 20 bytes) plus dynamic memory together, and bm128_bn64 is only 512 bytes under it
-    static std::atomic<unsigned long long> configured{0};
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return e;
-    const unsigned long long bit = dev < 64 ? (1ull << dev) : 0ull;
-    if (bit == 0 || (configured.load(std::memory_order_relaxed) & bit) == 0) {
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (e != cudaSuccess) return e;
-      configured.fetch_or(bit, std::memory_order_relaxed);
-    }
-  }
-  const int64_t M = p.N * p.OH * p.OW;
-  const dim3 grid(static_cast<unsigned>(ceil_div(M, BM)), static_cast<unsigned>(ceil_div(p.O, BN)));
-  kernel<<<grid, WM * WN * 32, smem, stream>>>(p);
-  return cudaGetLastError();
-}
-
-template <int BM, int BN, int WM, int WN>
-cudaError_t launch_tile_vec(const ConvParams& p, cudaStream_t stream) {
-  const bool vec2 = p.CW % 2 == 0 && (reinterpret_cast<uintptr_t>(p.act) % 16) == 0;
-  return vec2 ? launch_tile<BM, BN, WM, WN, 2>(p, stream) : launch_tile<BM, BN, WM, WN, 1>(p, stream);
-}
-
 // ------------------------------------------------------------------------------------------------------------------
 // CUDA-core reference conv.
 // ------------------------------------------------------------------------------------------------------------------
@@ -487,6 +435,92 @@ __global__ void __launch_bounds__(256) conv_simt_kernel(const ConvParams p) {
   p.out[pix * p.O + o] = static_cast<float>(dot);
 }
 
+// ------------------------------------------------------------------------------------------------------------------
+// Tensor-core tile configs: BM pixels x BN output channels per CTA, WM x WN warps. with_tile is the one list of them
+// (the launchers below dispatch through it, and so does the host emulator in tests/cuda_emulation).
+// ------------------------------------------------------------------------------------------------------------------
+
+template <int BM_, int BN_, int WM_, int WN_>
+struct Tile {
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+};
+
+constexpr int kNumConfigs = 4;
+constexpr const char* kConfigNames[kNumConfigs] = {"bm128_bn128_w2x4", "bm128_bn64_w4x2", "bm64_bn64_w2x2",
+                                                   "bm32_bn32_w1x2"};
+
+// f(Tile<...>{}) of config 0 .. kNumConfigs - 1; the caller checks the range.
+template <typename F>
+auto with_tile(int config, F&& f) {
+  switch (config) {
+    case 0:
+      return f(Tile<128, 128, 2, 4>{});
+    case 1:
+      return f(Tile<128, 64, 4, 2>{});
+    case 2:
+      return f(Tile<64, 64, 2, 2>{});
+    default:
+      return f(Tile<32, 32, 1, 2>{});
+  }
+}
+
+}  // namespace
+
+#ifndef ZOO_BCONV_HOST_EMULATION  // launches (host code with <<<>>>); the emulator has its own
+namespace {
+
+template <typename T>
+cudaError_t pack_typed(const PackParams& p, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const bool ballot = p.sC == 1 && p.C > 1;
+  const int64_t items = p.N * p.H * p.W * p.CW;
+  if (items == 0) return cudaSuccess;
+  const int64_t per_block = ballot ? kThreads / 32 : kThreads;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(items, per_block), int64_t{1} << 20));
+  const bool has_th = p.th != nullptr;
+  if (ballot) {
+    if (has_th)
+      pack_ballot_kernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
+    else
+      pack_ballot_kernel<T, false><<<blocks, kThreads, 0, stream>>>(p);
+  } else {
+    if (has_th)
+      pack_strided_kernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
+    else
+      pack_strided_kernel<T, false><<<blocks, kThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <int BM, int BN, int WM, int WN, int AVEC>
+cudaError_t launch_tile(const ConvParams& p, cudaStream_t stream) {
+  auto kernel = conv_mma_kernel<BM, BN, WM, WN, AVEC>;
+  constexpr size_t smem = mma_smem_bytes<BM, BN>();
+  if constexpr (smem > 48 * 1024) {  // opt in to more than 48 KiB (all of the kernel's shared memory), once per device
+    static std::atomic<unsigned long long> configured{0};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    const unsigned long long bit = dev < 64 ? (1ull << dev) : 0ull;
+    if (bit == 0 || (configured.load(std::memory_order_relaxed) & bit) == 0) {
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+      configured.fetch_or(bit, std::memory_order_relaxed);
+    }
+  }
+  const int64_t M = p.N * p.OH * p.OW;
+  const dim3 grid(static_cast<unsigned>(ceil_div(M, BM)), static_cast<unsigned>(ceil_div(p.O, BN)));
+  kernel<<<grid, WM * WN * 32, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_tile_vec(const ConvParams& p, cudaStream_t stream) {
+  const bool vec2 = p.CW % 2 == 0 && (reinterpret_cast<uintptr_t>(p.act) % 16) == 0;
+  return vec2 ? launch_tile<T::BM, T::BN, T::WM, T::WN, 2>(p, stream)
+              : launch_tile<T::BM, T::BN, T::WM, T::WN, 1>(p, stream);
+}
+
 }  // namespace
 
 cudaError_t launch_pack_activations(const PackParams& p, int dtype, cudaStream_t stream) {
@@ -507,15 +541,17 @@ cudaError_t launch_pack_activations(const PackParams& p, int dtype, cudaStream_t
 int num_mma_configs() { return kNumConfigs; }
 
 const char* mma_config_name(int config) {
-  return config >= 0 && config < kNumConfigs ? kConfigs[config].name : "invalid";
+  return config >= 0 && config < kNumConfigs ? kConfigNames[config] : "invalid";
 }
 
 // The largest tile that still gives at least one CTA per SM; the 128-channel tile only when O > 64.
 int pick_mma_config(const ConvParams& p, int num_sms) {
   const int64_t M = p.N * p.OH * p.OW;
   for (int c = 0; c < kNumConfigs - 1; ++c) {
-    if (kConfigs[c].bn > 64 && p.O <= 64) continue;
-    if (ceil_div(M, kConfigs[c].bm) * ceil_div(p.O, kConfigs[c].bn) >= num_sms) return c;
+    const int bm = with_tile(c, [](auto tile) { return decltype(tile)::BM; });
+    const int bn = with_tile(c, [](auto tile) { return decltype(tile)::BN; });
+    if (bn > 64 && p.O <= 64) continue;
+    if (ceil_div(M, bm) * ceil_div(p.O, bn) >= num_sms) return c;
   }
   return kNumConfigs - 1;
 }
@@ -523,18 +559,8 @@ int pick_mma_config(const ConvParams& p, int num_sms) {
 cudaError_t launch_conv_mma(const ConvParams& p, int config, cudaStream_t stream) {
   if (p.N * p.OH * p.OW == 0) return cudaSuccess;
   if (p.KP % kStageWords != 0 || p.KP < p.KH * p.KW * p.CW) return cudaErrorInvalidValue;
-  switch (config) {
-    case 0:
-      return launch_tile_vec<128, 128, 2, 4>(p, stream);
-    case 1:
-      return launch_tile_vec<128, 64, 4, 2>(p, stream);
-    case 2:
-      return launch_tile_vec<64, 64, 2, 2>(p, stream);
-    case 3:
-      return launch_tile_vec<32, 32, 1, 2>(p, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  if (config < 0 || config >= kNumConfigs) return cudaErrorInvalidValue;
+  return with_tile(config, [&](auto tile) { return launch_tile_vec<decltype(tile)>(p, stream); });
 }
 
 cudaError_t launch_conv_simt(const ConvParams& p, cudaStream_t stream) {
@@ -545,5 +571,7 @@ cudaError_t launch_conv_simt(const ConvParams& p, cudaStream_t stream) {
   conv_simt_kernel<<<grid, block, 0, stream>>>(p);
   return cudaGetLastError();
 }
+
+#endif  // ZOO_BCONV_HOST_EMULATION
 
 }  // namespace zoo_bconv
