@@ -21,7 +21,8 @@
 //    valid_taps = (kh1 - kh0) * (kw1 - kw0).
 //    Tiles: BM pixels x BN channels per CTA, 512-bit K stages (8 words per row) in a 3-stage cp.async pipeline;
 //    activation rows are gathered at 8-byte (or 16-byte, even CW) granularity with zero-fill for padding taps, rows
-//    past M and K padding, so a 256-bit MMA K step may span several taps (C = 64: four taps per step).
+//    past M and K padding, so a 256-bit MMA K step may span several taps (C = 64: four taps per step); a K step
+//    holding only padding (the last stage's second half when KH*KW*CW mod 8 is 1..4) issues no MMA.
 //    Shared-memory rows are padded to 80 bytes, which makes the fragment loads bank-conflict free.
 //
 // 3. CUDA-core reference conv: one thread per output, loop over the valid taps only, C_t - 2*popc((a ^ w) & mask)
@@ -304,6 +305,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
     const u32* Bs = sB + buf * BN * kRowU32 + b_row0 * kRowU32 + q;
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {
+      if (kt * kStageWords + ks * 4 >= Kw) break;  // K padding only (zero bits on both sides): no MMA for it
       u32 b[NT][2];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
