@@ -25,8 +25,13 @@ _CONV_FIELDS = ["N", "H", "W", "C", "CW", "O", "KH", "KW", "sh", "sw", "ph", "pw
 
 
 class ConvParams(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p) for name in ("act", "w", "wtab", "out")] + [
-        (name, ctypes.c_int64) for name in _CONV_FIELDS
+    _fields_ = [
+        *[(name, ctypes.c_void_p) for name in ("act", "w", "wtab", "out")],
+        *[(name, ctypes.c_int64) for name in _CONV_FIELDS],
+        *[(name, ctypes.c_void_p) for name in ("scale", "bias", "residual", "slope")],
+        ("clamp", ctypes.c_int),
+        ("lo", ctypes.c_float),
+        ("hi", ctypes.c_float),
     ]
 
 
@@ -89,24 +94,51 @@ class EmulatedKernels:
         return out
 
     def _conv(self, run, act: torch.Tensor, weights: torch.Tensor, wtab: torch.Tensor | None, geometry: dict,
-              what: str) -> torch.Tensor:  # fmt: skip
+              what: str, epilogue: dict | None) -> torch.Tensor:  # fmt: skip
         n, h, w, cw = act.shape
         m = n * geometry["OH"] * geometry["OW"]
         guard = 64  # NaN on both sides of the output: a write outside it, or an element never written, stays visible
         buf = torch.full((m * geometry["O"] + 2 * guard,), float("nan"))
         params = ConvParams(act.data_ptr(), weights.data_ptr(), wtab.data_ptr() if wtab is not None else None,
                             buf[guard:].data_ptr(), N=n, H=h, W=w, CW=cw, **geometry)  # fmt: skip
+        terms = _epilogue_terms(params, epilogue or {})  # kept alive until the call returns
         self._check(run(ctypes.byref(params)), what)
+        del terms
         if not (buf[:guard].isnan().all() and buf[-guard:].isnan().all()):
             raise AssertionError(f"{what}: wrote outside the output tensor")
         return buf[guard:-guard].view(n, geometry["OH"], geometry["OW"], geometry["O"]).permute(0, 3, 1, 2)
 
-    def conv_mma(self, act, wq, wtab, geometry: dict, config: int, avec: int, seed: int = 0) -> torch.Tensor:
-        """The tensor-core conv (prepared weights ``wq``, ``wtab``) -> float32 ``(N, O, OH, OW)`` (NHWC memory)."""
-        run = lambda params: self.lib.zoo_emu_conv_mma(params, config, avec, seed)  # noqa: E731
-        return self._conv(run, act, wq, wtab, {**geometry, "KP": wq.shape[1]}, f"conv_mma config {config} avec {avec}")
+    def conv_mma(self, act, wq, wtab, geometry: dict, config: int, avec: int, seed: int = 0, epilogue=None):
+        """The tensor-core conv (prepared weights ``wq``, ``wtab``) -> float32 ``(N, O, OH, OW)`` (NHWC memory).
 
-    def conv_simt(self, act, packed_weight, geometry: dict, seed: int = 0) -> torch.Tensor:
-        """The CUDA-core conv (packed OHWI weights) -> float32 ``(N, O, OH, OW)``."""
+        ``epilogue``: optional ``scale``, ``bias``, ``residual`` (output-shaped), ``prelu_weight`` tensors and
+        ``clamp`` (lo, hi), as :func:`zoo.kernels.binary_conv2d` takes them."""
+        run = lambda params: self.lib.zoo_emu_conv_mma(params, config, avec, seed)  # noqa: E731
+        geometry = {**geometry, "KP": wq.shape[1]}
+        return self._conv(run, act, wq, wtab, geometry, f"conv_mma config {config} avec {avec}", epilogue)
+
+    def conv_simt(self, act, packed_weight, geometry: dict, seed: int = 0, epilogue=None) -> torch.Tensor:
+        """The CUDA-core conv (packed OHWI weights) -> float32 ``(N, O, OH, OW)``; ``epilogue`` as for conv_mma."""
         run = lambda params: self.lib.zoo_emu_conv_simt(params, seed)  # noqa: E731
-        return self._conv(run, act, packed_weight, None, {**geometry, "KP": 0}, "conv_simt")
+        return self._conv(run, act, packed_weight, None, {**geometry, "KP": 0}, "conv_simt", epilogue)
+
+
+def _epilogue_terms(params: ConvParams, epilogue: dict) -> list[torch.Tensor]:
+    """Point ``params`` at the epilogue's operands laid out as the binding lays them out; return them (to keep)."""
+    o = params.O
+    kept = []
+
+    def point(name: str, t: torch.Tensor) -> None:
+        kept.append(t)
+        setattr(params, name, t.data_ptr())
+
+    if "scale" in epilogue or "bias" in epilogue:
+        point("scale", epilogue.get("scale", torch.ones(o)).float().contiguous())
+        point("bias", epilogue.get("bias", torch.zeros(o)).float().contiguous())
+    if epilogue.get("residual") is not None:
+        point("residual", epilogue["residual"].permute(0, 2, 3, 1).contiguous())
+    if epilogue.get("prelu_weight") is not None:
+        point("slope", epilogue["prelu_weight"].reshape(-1).expand(o).contiguous())
+    if epilogue.get("clamp") is not None:
+        params.clamp, (params.lo, params.hi) = 1, epilogue["clamp"]
+    return kept

@@ -113,6 +113,26 @@ def test_every_tile_config_and_the_simt_path_equal_conv2d(emulated, index):
     assert torch.equal(emulated.conv_simt(act, packed, geometry, seed=index), expected), "CUDA cores"
 
 
+@pytest.mark.parametrize("index", [1, 9, 12], ids=[_shape_id(FIXED_SHAPES[i]) for i in (1, 9, 12)])
+def test_fused_epilogue_equals_the_cpu_kernels_bit_for_bit(emulated, index):
+    """Folded BN (one FMA), residual add, PReLU or clamp in the CUDA kernels' store: the CPU kernel's float32 steps."""
+    n, c, h, w, o, kh, kw, sh, sw, ph, pw = FIXED_SHAPES[index]
+    act, packed, wq, wtab, geometry, _ = _operands(FIXED_SHAPES[index], seed=index, garbage_tail=False)
+    gen = torch.Generator().manual_seed(index)
+    scale, bias, slopes = (torch.randn(o, generator=gen) for _ in range(3))
+    residual = torch.randn(n, o, geometry["OH"], geometry["OW"], generator=gen)
+    flat = residual.view(-1)
+    flat[::13], flat[1::17], flat[2::19], flat[3::23] = float("nan"), float("inf"), -float("inf"), -0.0
+    for extra in ({"prelu_weight": slopes}, {"clamp": (-1.5, 2.0)}, {"prelu_weight": slopes[:1]}, {}):
+        epilogue = {"scale": scale, "bias": bias, "residual": residual, **extra}
+        cpu = zk.binary_conv2d(act, packed, o, c, (kh, kw), (sh, sw), (ph, pw), **epilogue)
+        for config in range(NUM_CONFIGS):
+            got = emulated.conv_mma(act, wq, wtab, geometry, config, 1, seed=config, epilogue=epilogue)
+            torch.testing.assert_close(got, cpu, rtol=0, atol=0, equal_nan=True, msg=f"config {config}, {list(extra)}")
+        got = emulated.conv_simt(act, packed, geometry, epilogue=epilogue)
+        torch.testing.assert_close(got, cpu, rtol=0, atol=0, equal_nan=True, msg=f"CUDA cores, {list(extra)}")
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sign_and_pack_equals_the_cpu_packer(emulated, dtype, layout):
@@ -143,6 +163,7 @@ MUTANTS = [
     ("padding taps not zero-filled", "src, ok ? 8 * AVEC : 0);", "src, 8 * AVEC);"),
     ("shared memory sized without the per-row arrays",
      "kRowU32 * sizeof(u32) + BM * (sizeof(int64_t) + 3 * sizeof(int));", "kRowU32 * sizeof(u32);"),
+    ("clamp drops NaN (fmaxf)", "v = v < p.lo ? p.lo : v;", "v = fmaxf(v, p.lo);"),
     ("ballot halves swapped",
      "static_cast<u64>(lo) | (static_cast<u64>(hi) << 32)", "static_cast<u64>(hi) | (static_cast<u64>(lo) << 32)"),
 ]  # fmt: skip
@@ -161,10 +182,14 @@ def test_the_emulator_fails_a_broken_kernel(tmp_path, mutant):
     for index in (1, 5, 9, 11):  # C = 130, 65, 200, 640: tails, padding, several words per tap
         act, packed, wq, wtab, geometry, expected = _operands(FIXED_SHAPES[index], seed=index)
         x = torch.randn(2, 65, 3, 4).contiguous(memory_format=torch.channels_last)  # the ballot pack path
+        residual = torch.full_like(expected, float("nan"))
+        epilogue = {"scale": torch.full((expected.shape[1],), 0.5), "bias": torch.ones(expected.shape[1]),
+                    "residual": residual, "clamp": (-1.0, 1.0)}  # fmt: skip
         try:
             conv_ok = torch.equal(broken.conv_mma(act, wq, wtab, geometry, 2, 1, seed=7), expected)
             pack_ok = torch.equal(broken.pack(x, None), zk.pack_activations(x))
+            nan_kept = broken.conv_simt(act, packed, geometry, epilogue=epilogue).isnan().all()
         except AssertionError:  # the emulator itself refused (hazard, bad copy, deadlock)
-            conv_ok = pack_ok = False
-        failures += not (conv_ok and pack_ok)
+            conv_ok = pack_ok = nan_kept = False
+        failures += not (conv_ok and pack_ok and nan_kept)
     assert failures > 0, f"mutant '{mutant[0]}' passed: the emulator would not notice this bug"

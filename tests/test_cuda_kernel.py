@@ -138,6 +138,8 @@ def test_extension_builds_and_links_without_gpu(monkeypatch, tmp_path):
     assert ext.num_configs() == 4
     for name in ("pack_activations", "conv_mma", "conv_simt", "pick_config", "config_name"):
         assert hasattr(ext, name)
+    for conv in (ext.conv_mma, ext.conv_simt):  # the fused epilogue's keywords
+        assert all(k in conv.__doc__ for k in ("scale", "bias", "residual", "prelu_weight", "clamp_min", "clamp_max"))
     with pytest.raises(RuntimeError, match="CUDA tensor"):
         ext.pack_activations(torch.randn(1, 3, 2, 2), None)
     with pytest.raises(RuntimeError, match="CUDA int64"):

@@ -414,15 +414,16 @@ def run_binary_conv2d(
             residual, prelu_weight, lo, hi, fc1, fc2,
         )  # fmt: skip
     if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
-        out = cuda_kernels.cuda_binary_conv2d(
-            x, packed_weight, out_channels, in_channels, (kh, kw), (sh, sw), (ph, pw), threshold=threshold
-        )
-    else:  # Pure-PyTorch fallback: the same ±1 operands through F.conv2d (exact: integer sums far below 2^24).
-        packed_input = x.dtype is torch.int64
-        xb = unpack_activations(x, in_channels) if packed_input else _torch_bits(x.detach(), threshold).float() * 2 - 1
-        wb = unpack_weights(packed_weight.to(xb.device), (out_channels, in_channels, kh, kw))
-        with torch.no_grad():
-            out = F.conv2d(xb, wb, None, (sh, sw), (ph, pw))
+        return cuda_kernels.cuda_binary_conv2d(
+            x, packed_weight, out_channels, in_channels, (kh, kw), (sh, sw), (ph, pw), threshold=threshold,
+            scale=scale, bias=bias, residual=residual, prelu_weight=prelu_weight, clamp=clamp,
+        )  # fmt: skip
+    # Pure-PyTorch fallback: the same ±1 operands through F.conv2d (exact: integer sums far below 2^24).
+    packed_input = x.dtype is torch.int64
+    xb = unpack_activations(x, in_channels) if packed_input else _torch_bits(x.detach(), threshold).float() * 2 - 1
+    wb = unpack_weights(packed_weight.to(xb.device), (out_channels, in_channels, kh, kw))
+    with torch.no_grad():
+        out = F.conv2d(xb, wb, None, (sh, sw), (ph, pw))
     return _apply_epilogue(out, scale, bias, residual, prelu_weight, clamp)
 
 

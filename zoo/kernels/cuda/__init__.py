@@ -150,6 +150,11 @@ def cuda_binary_conv2d(
     *,
     algo: str = "auto",
     config: int = -1,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    prelu_weight: torch.Tensor | None = None,
+    clamp: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """:func:`zoo.kernels.binary_conv2d` for CUDA tensors (same signature and result, bit for bit).
 
@@ -159,6 +164,8 @@ def cuda_binary_conv2d(
     has no code for (compute capability other than 8.x and 9.0) both raise RuntimeError;
     ``config``: tensor-core tile config (-1: heuristic; 0..3 for benchmarks). Any kernel size, stride >= 1 and
     padding >= 0; ``dilation != 1`` and ``groups != 1`` raise NotImplementedError. Inference only (no autograd).
+    ``scale``, ``bias``, ``residual``, ``prelu_weight``, ``clamp``: the epilogue of :func:`zoo.kernels.binary_conv2d`,
+    fused into the kernels' store with the CPU kernel's float32 steps (so CUDA and CPU results are equal bit for bit).
     """
     kh, kw, sh, sw, ph, pw = conv_geometry(
         packed_weight, out_channels, in_channels, kernel_size, stride, padding, dilation, groups
@@ -185,8 +192,11 @@ def cuda_binary_conv2d(
         raise ValueError(f"the input needs a spatial size >= 1, got {h}x{w}")
     if h + 2 * ph < kh or w + 2 * pw < kw:
         raise ValueError(f"input {h}x{w} with padding ({ph}, {pw}) is smaller than the kernel {kh}x{kw}")
+    lo, hi = (None, None) if clamp is None else clamp
+    epilogue = {"scale": scale, "bias": bias, "residual": residual, "prelu_weight": prelu_weight,
+                "clamp_min": lo, "clamp_max": hi}  # fmt: skip
     if algo == "simt":
         wp = packed_weight.detach().to(x.device)
-        return ext.conv_simt(act, wp, out_channels, in_channels, kh, kw, sh, sw, ph, pw)
+        return ext.conv_simt(act, wp, out_channels, in_channels, kh, kw, sh, sw, ph, pw, **epilogue)
     wq, wtab = _prepared(packed_weight, in_channels, x.device)
-    return ext.conv_mma(act, wq, wtab, out_channels, in_channels, kh, kw, sh, sw, ph, pw, config)
+    return ext.conv_mma(act, wq, wtab, out_channels, in_channels, kh, kw, sh, sw, ph, pw, config, **epilogue)

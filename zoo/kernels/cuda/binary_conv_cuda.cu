@@ -125,6 +125,21 @@ __global__ void __launch_bounds__(256) pack_strided_kernel(const PackParams p) {
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// Epilogue of one output element (see ConvParams): the CPU kernel's float32 steps, in its order.
+// ------------------------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float epilogue(const ConvParams& p, float v, int64_t pix, int64_t o) {
+  if (p.scale != nullptr) v = fmaf(v, __ldg(p.scale + o), __ldg(p.bias + o));
+  if (p.residual != nullptr) v += __ldg(p.residual + pix * p.O + o);
+  if (p.slope != nullptr) v = v > 0.0f ? v : __ldg(p.slope + o) * v;
+  if (p.clamp) {  // std::max / std::min as the CPU kernel: a NaN stays NaN (fmaxf / fminf would drop it)
+    v = v < p.lo ? p.lo : v;
+    v = p.hi < v ? p.hi : v;
+  }
+  return v;
+}
+
+// ------------------------------------------------------------------------------------------------------------------
 // Tensor-core conv.
 // ------------------------------------------------------------------------------------------------------------------
 
@@ -379,13 +394,13 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) conv_mma_kernel(const ConvPar
         float v[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
+          const int oe = min(o + e, O - 1);  // clamped: reads stay in bounds; stored only when o + e < O
           int sw = sw_full[nt][e];
           if (!interior) {  // border pixel: popcount of the in-image tap rectangle, 4 prefix-sum lookups
-            const int oe = min(o + e, O - 1);  // clamped read; stored only when o + e < O
             const int32_t* tab = p.wtab + static_cast<int64_t>(oe) * TT;
             sw = __ldg(tab + i11) - __ldg(tab + i01) - __ldg(tab + i10) + __ldg(tab + i00);
           }
-          v[e] = static_cast<float>(4 * acc[mt][nt][2 * hh + e] + base - 2 * sw);
+          v[e] = epilogue(p, static_cast<float>(4 * acc[mt][nt][2 * hh + e] + base - 2 * sw), pix, oe);
         }
         if (pair_store && o + 1 < O) {
           *reinterpret_cast<float2*>(orow + o) = make_float2(v[0], v[1]);
@@ -434,7 +449,7 @@ __global__ void __launch_bounds__(256) conv_simt_kernel(const ConvParams p) {
       }
     }
   }
-  p.out[pix * p.O + o] = static_cast<float>(dot);
+  p.out[pix * p.O + o] = epilogue(p, static_cast<float>(dot), pix, o);
 }
 
 // ------------------------------------------------------------------------------------------------------------------

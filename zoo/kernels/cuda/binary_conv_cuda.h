@@ -32,6 +32,16 @@ struct ConvParams {
   const int32_t* wtab;   // MMA path: [O, (KH+1)*(KW+1)] 2-D prefix sums of per-tap weight popcounts
   float* out;            // [N, OH, OW, O]
   int64_t N, H, W, C, CW, O, KH, KW, sh, sw, ph, pw, OH, OW, KP;
+  // Epilogue, as the CPU kernel's (each step skipped when its pointer is null / clamp is 0), per output element:
+  //   v = fmaf(conv, scale[o], bias[o]); v += residual[pix, o]; v = v > 0 ? v : slope[o] * v; v = clamp(v, lo, hi)
+  // with the clamp keeping NaN (std::min(std::max(v, lo), hi)). Every step is one float32 operation, so the result
+  // equals the CPU kernel's bit for bit.
+  const float* scale;     // [O], with bias (both or neither)
+  const float* bias;      // [O]
+  const float* residual;  // [N, OH, OW, O], contiguous (the output's memory order)
+  const float* slope;     // [O] PReLU slopes
+  int clamp;
+  float lo, hi;
 };
 
 // Fused sign-and-pack (any strides; warp-ballot kernel when the channel stride is 1).

@@ -116,7 +116,7 @@ Geometry check_conv(const torch::Tensor& act, int64_t O, int64_t C, int64_t KH, 
 
 zoo_bconv::ConvParams make_params(const torch::Tensor& act, const Geometry& g, torch::Tensor& out, int64_t O,
                                   int64_t C, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
-  zoo_bconv::ConvParams p;
+  zoo_bconv::ConvParams p{};
   p.act = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
   p.w = nullptr;
   p.wtab = nullptr;
@@ -144,12 +144,71 @@ void check_same_device(const torch::Tensor& a, const torch::Tensor& b, const cha
               b.device());
 }
 
+// The epilogue's operands (see ConvParams), checked and laid out as the kernels read them; kept alive by the caller
+// until the launch is queued (the caching allocator keeps their memory for the stream's work after that).
+struct Epilogue {
+  torch::Tensor scale, bias, residual, slope;
+};
+
+torch::Tensor channel_term(const torch::Tensor& act, const std::optional<torch::Tensor>& t, const char* name,
+                           int64_t O, double fill) {
+  if (!t.has_value()) return torch::full({O}, fill, act.options().dtype(torch::kFloat));
+  check_same_device(act, *t, name);
+  TORCH_CHECK(t->scalar_type() == torch::kFloat && t->dim() == 1 && t->size(0) == O, kPrefix, name,
+              " must be a float32 [out_channels] = [", O, "] tensor, got ", t->scalar_type(), " ", t->sizes());
+  return t->contiguous();
+}
+
+Epilogue set_epilogue(zoo_bconv::ConvParams& p, const torch::Tensor& act, const std::optional<torch::Tensor>& scale,
+                      const std::optional<torch::Tensor>& bias, const std::optional<torch::Tensor>& residual,
+                      const std::optional<torch::Tensor>& prelu, const std::optional<double>& clamp_min,
+                      const std::optional<double>& clamp_max) {
+  Epilogue e;
+  p.scale = p.bias = p.residual = p.slope = nullptr;
+  p.clamp = 0;
+  p.lo = p.hi = 0.0f;
+  if (scale.has_value() || bias.has_value()) {
+    e.scale = channel_term(act, scale, "scale", p.O, 1.0);
+    e.bias = channel_term(act, bias, "bias", p.O, 0.0);
+    p.scale = e.scale.data_ptr<float>();
+    p.bias = e.bias.data_ptr<float>();
+  }
+  if (residual.has_value()) {
+    check_same_device(act, *residual, "residual");
+    TORCH_CHECK(residual->scalar_type() == torch::kFloat && residual->dim() == 4 && residual->size(0) == p.N &&
+                    residual->size(1) == p.O && residual->size(2) == p.OH && residual->size(3) == p.OW,
+                kPrefix, "residual must be float32 with the output's shape [", p.N, ", ", p.O, ", ", p.OH, ", ",
+                p.OW, "], got ", residual->scalar_type(), " ", residual->sizes());
+    e.residual = residual->permute({0, 2, 3, 1}).contiguous();  // a view of a channels_last tensor: no copy
+    p.residual = e.residual.data_ptr<float>();
+  }
+  if (prelu.has_value()) {
+    check_same_device(act, *prelu, "prelu_weight");
+    TORCH_CHECK(prelu->scalar_type() == torch::kFloat && (prelu->numel() == 1 || (prelu->dim() == 1 && prelu->size(0) == p.O)),
+                kPrefix, "prelu_weight must be float32 with 1 or out_channels = ", p.O, " elements, got ",
+                prelu->scalar_type(), " ", prelu->sizes());
+    e.slope = prelu->reshape({-1}).expand({p.O}).contiguous();
+    p.slope = e.slope.data_ptr<float>();
+  }
+  TORCH_CHECK(clamp_min.has_value() == clamp_max.has_value(), kPrefix, "give both clamp bounds or none");
+  if (clamp_min.has_value()) {
+    TORCH_CHECK(*clamp_min <= *clamp_max, kPrefix, "clamp needs min <= max, got [", *clamp_min, ", ", *clamp_max, "]");
+    p.clamp = 1;
+    p.lo = static_cast<float>(*clamp_min);
+    p.hi = static_cast<float>(*clamp_max);
+  }
+  return e;
+}
+
 // Tensor-core path. wq: prepared weights [O, KP] int64 (KP a multiple of 8 >= KH*KW*CW, tail bits masked, zero
 // padded); wtab: [O, (KH+1)*(KW+1)] int32 prefix sums of per-tap weight popcounts. config -1: heuristic.
 // Returns float32 (N, O, OH, OW) in channels_last memory format.
 torch::Tensor conv_mma(const torch::Tensor& act, const torch::Tensor& wq, const torch::Tensor& wtab, int64_t O,
                        int64_t C, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                       int64_t config) {
+                       int64_t config, const std::optional<torch::Tensor>& scale,
+                       const std::optional<torch::Tensor>& bias, const std::optional<torch::Tensor>& residual,
+                       const std::optional<torch::Tensor>& prelu_weight, const std::optional<double>& clamp_min,
+                       const std::optional<double>& clamp_max) {
   const Geometry g = check_conv(act, O, C, KH, KW, sh, sw, ph, pw);
   check_same_device(act, wq, "prepared weights");
   check_same_device(act, wtab, "weight popcount table");
@@ -176,6 +235,7 @@ torch::Tensor conv_mma(const torch::Tensor& act, const torch::Tensor& wq, const 
   p.w = reinterpret_cast<const uint64_t*>(wq.data_ptr<int64_t>());
   p.wtab = wtab.data_ptr<int32_t>();
   p.KP = wq.size(1);
+  const Epilogue keep = set_epilogue(p, a, scale, bias, residual, prelu_weight, clamp_min, clamp_max);
   const int cfg = config < 0 ? zoo_bconv::pick_mma_config(p, device_attribute(cudaDevAttrMultiProcessorCount, dev)) : static_cast<int>(config);
   TORCH_CHECK(cfg >= 0 && cfg < zoo_bconv::num_mma_configs(), kPrefix, "unknown tile config ", config);
   check_cuda(zoo_bconv::launch_conv_mma(p, cfg, c10::cuda::getCurrentCUDAStream()), "conv (tensor cores)");
@@ -184,7 +244,10 @@ torch::Tensor conv_mma(const torch::Tensor& act, const torch::Tensor& wq, const 
 
 // CUDA-core path on the packed OHWI weights [O, KH, KW, CW] (tail bits are masked in the kernel).
 torch::Tensor conv_simt(const torch::Tensor& act, const torch::Tensor& wpacked, int64_t O, int64_t C, int64_t KH,
-                        int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                        int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                        const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
+                        const std::optional<torch::Tensor>& residual, const std::optional<torch::Tensor>& prelu_weight,
+                        const std::optional<double>& clamp_min, const std::optional<double>& clamp_max) {
   const Geometry g = check_conv(act, O, C, KH, KW, sh, sw, ph, pw);
   check_same_device(act, wpacked, "packed weights");
   TORCH_CHECK(wpacked.dim() == 4 && wpacked.scalar_type() == torch::kLong && wpacked.size(0) == O &&
@@ -199,6 +262,7 @@ torch::Tensor conv_simt(const torch::Tensor& act, const torch::Tensor& wpacked, 
   if (out.numel() == 0) return out.permute({0, 3, 1, 2});
   zoo_bconv::ConvParams p = make_params(a, g, out, O, C, KH, KW, sh, sw, ph, pw);
   p.w = reinterpret_cast<const uint64_t*>(w.data_ptr<int64_t>());
+  const Epilogue keep = set_epilogue(p, a, scale, bias, residual, prelu_weight, clamp_min, clamp_max);
   check_cuda(zoo_bconv::launch_conv_simt(p, c10::cuda::getCurrentCUDAStream()), "conv (CUDA cores)");
   return out.permute({0, 3, 1, 2});
 }
@@ -222,9 +286,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "zoo binary conv2d CUDA kernels (b1 mma.sync AND-popcount tensor-core path, CUDA-core popcount path)";
   m.def("pack_activations", &pack_activations, "x"_a, "threshold"_a);
   m.def("conv_mma", &conv_mma, "act"_a, "wq"_a, "wtab"_a, "out_channels"_a, "in_channels"_a, "kh"_a, "kw"_a, "sh"_a,
-        "sw"_a, "ph"_a, "pw"_a, "config"_a = -1);
+        "sw"_a, "ph"_a, "pw"_a, "config"_a = -1, "scale"_a = pybind11::none(), "bias"_a = pybind11::none(),
+        "residual"_a = pybind11::none(), "prelu_weight"_a = pybind11::none(), "clamp_min"_a = pybind11::none(),
+        "clamp_max"_a = pybind11::none());
   m.def("conv_simt", &conv_simt, "act"_a, "wpacked"_a, "out_channels"_a, "in_channels"_a, "kh"_a, "kw"_a, "sh"_a,
-        "sw"_a, "ph"_a, "pw"_a);
+        "sw"_a, "ph"_a, "pw"_a, "scale"_a = pybind11::none(), "bias"_a = pybind11::none(), "residual"_a = pybind11::none(),
+        "prelu_weight"_a = pybind11::none(), "clamp_min"_a = pybind11::none(), "clamp_max"_a = pybind11::none());
   m.def("pick_config", &pick_config, "n"_a, "oh"_a, "ow"_a, "out_channels"_a);
   m.def("num_configs", &zoo_bconv::num_mma_configs);
   m.def("config_name", [](int64_t c) { return std::string(zoo_bconv::mma_config_name(static_cast<int>(c))); });
