@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import zoo
 from zoo.bench import interleaved_burst_ms
@@ -137,6 +138,7 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     main(["bench", "kernels", "--layers-only", "--batch", "1", "--repeats", "2", "--threads", "1", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["threads"] == 1 and result["kernel_backend"]
+    assert ("cuda" in result) == torch.cuda.is_available()
     assert {r["name"] for r in result["rows"]} >= {"resnet18 stage1 56x56x64", "resnet20 28x28x16"}
     for row in result["rows"]:
         assert row["ms"] > 0 and row["speedup"] == pytest.approx(row["baseline_ms"] / row["ms"], rel=0.01)
@@ -144,6 +146,25 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     for arch, fp32 in sizes["packed"].items():
         assert 0 < sizes["packed_float16_head"][arch]["bytes"] < fp32["bytes"]
         assert fp32["times_smaller"] == pytest.approx(sizes["torchvision resnet18 fp32 bytes"] / fp32["bytes"], 0.01)
+
+
+def test_bench_kernels_table_adds_the_gpu_rows_when_there_is_a_gpu(capsys, monkeypatch):
+    """Printing only (the GPU rows themselves are measured by a GPU test in test_cuda_kernel.py)."""
+    import zoo.bench
+
+    row = {"name": "resnet18 stage2 28x28x128", "batch": 256, "ms": 0.05, "baseline": "cuDNN fp16 channels_last",
+           "baseline_ms": 0.1, "speedup": 2.0}  # fmt: skip
+    sizes = {"torchvision resnet18 fp32 bytes": 46_000_000, "packed": {}, "packed_float16_head": {}}
+    gpu = {"device": "NVIDIA H200", "torch_cuda": "12.8", "timing": "synchronized", "rows": [row]}
+    result = {"cpu": "CPU", "cpu_flags": ["avx2"], "threads": 1, "kernel_backend": "avx2", "torch": "x",
+              "rows": [{**row, "baseline": "F.conv2d fp32", "speedup": 3.0}], "timing": "medians",
+              "checkpoint_size": sizes, "cuda": gpu}  # fmt: skip
+    monkeypatch.setattr(zoo.bench, "bench_kernels", lambda *a, **k: result)
+    out = run_cli(capsys, "bench", "kernels")
+    gpu_part = out.split("NVIDIA H200 (CUDA 12.8)")[1]
+    assert "cuDNN fp16 channels_last" in gpu_part and "2.0x" in gpu_part and "3.0x" in out.split("NVIDIA")[0]
+    result["cuda"] = {"device": "Old GPU", "torch_cuda": "12.8", "skipped": "no CUDA binary kernel on this GPU: sm_75"}
+    assert "Old GPU (CUDA 12.8): no CUDA binary kernel on this GPU: sm_75" in run_cli(capsys, "bench", "kernels")
 
 
 def test_burst_timing_separates_a_turns_first_call_from_the_steady_ones():

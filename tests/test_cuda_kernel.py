@@ -513,6 +513,19 @@ def test_epilogue_on_the_gpu_equals_the_cpu_kernels(ext):
 
 
 @needs_gpu
+def test_bench_kernels_gpu_rows(ext):
+    """`zoo bench kernels` on a GPU: each ResNet-18 stage conv at batch 1 and 256 and the end-to-end BNN, each beside
+    its cuDNN fp16 channels_last baseline."""
+    pytest.importorskip("zoo.models")  # registers resnet18_sdbnn (also under gpu_check.py's stub package)
+    from zoo.bench import CUDA_BATCHES, _cuda_rows
+
+    rows = _cuda_rows(repeats=3)
+    assert len(rows) == 5 * len(CUDA_BATCHES)
+    for row in rows:
+        assert row["ms"] > 0 and row["baseline_ms"] > 0 and "fp16 channels_last" in row["baseline"]
+
+
+@needs_gpu
 @pytest.mark.parametrize("arch", ["resnet20_sdbnn", "resnet18_bireal"])
 def test_inference_form_on_the_gpu_matches_the_fake_quant_model(ext, arch):
     """A whole BNN's inference form on the GPU (packed convs, folded BNs, fused residual units, SD-BNN's ASD) predicts

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors
-
 
 def bench_data_pipeline(dataset: str = "fashion_mnist", batch_size: int = 128, batches: int = 200) -> dict[str, Any]:
     """Augmented training images per second delivered by the in-memory batched pipeline (after loading)."""
+    from zoo.data import BatchAugment, BatchIterator, dataset_spec, load_dataset, to_tensors  # needs `datasets`
+
     spec = dataset_spec(dataset)
     images, labels = to_tensors(load_dataset(spec.name, "train"), spec)
     transform = BatchAugment(spec.mean, spec.std, crop_padding=2, hflip=True)
@@ -172,6 +172,46 @@ def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, A
     return rows
 
 
+CUDA_BATCHES = (1, 256)  # the GPU comparison the kernels are built for: latency at batch 1, throughput at 256
+
+
+def _cuda_rows(repeats: int) -> list[dict[str, Any]]:
+    """GPU rows: the binary conv (packing included) against cuDNN fp16 channels_last on each ResNet-18 stage shape, and
+    the ``resnet18_sdbnn`` inference form against torchvision's resnet18 in fp16 channels_last; synchronized medians of
+    eager calls (launch overhead included; ``scripts/gpu_check.py`` also replays CUDA graphs and times every tile)."""
+    import timm
+    import torchvision
+
+    from zoo.inference import to_inference
+    from zoo.kernels import binary_conv2d, pack_weights
+
+    dev, sync, cl = torch.device("cuda"), torch.cuda.synchronize, torch.channels_last
+    rows = []
+    for name, hw, c in KERNEL_LAYER_SHAPES[:4]:
+        w = torch.randn(c, c, 3, 3)
+        packed, w16 = pack_weights(w).to(dev), w.to(dev, torch.half).contiguous(memory_format=cl)
+        for batch in CUDA_BATCHES:
+            x = torch.randn(batch, c, hw, hw, device=dev, dtype=torch.half).contiguous(memory_format=cl)
+            with torch.inference_mode():
+                cudnn = median_ms(lambda x=x, w=w16: F.conv2d(x, w, None, 1, 1), repeats, sync)
+                binary = median_ms(lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1), repeats, sync)
+            rows.append(
+                _row("conv3x3 on CUDA (packing included)", name, batch, binary, "cuDNN fp16 channels_last", cudnn)
+            )
+    bnn = timm.create_model("resnet18_sdbnn").eval()
+    fast = to_inference(bnn, channels_last=True).to(dev)
+    dense16 = torchvision.models.resnet18().eval().to(dev).half().to(memory_format=cl)
+    for batch in CUDA_BATCHES:
+        x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=cl)
+        x16 = x.half()
+        with torch.inference_mode():
+            ours = median_ms(lambda x=x: fast(x), repeats, sync)
+            base = median_ms(lambda x=x16: dense16(x), repeats, sync)
+        rows.append(_row("end-to-end 224x224 on CUDA", "resnet18_sdbnn packed, BN folded", batch, ours,
+                         "torchvision resnet18 fp16 channels_last", base))  # fmt: skip
+    return rows
+
+
 SIZE_VARIANTS = ("resnet18_bireal", "resnet18_sdbnn", "resnet18_ir2net", "resnet18_ir2net_d")
 
 
@@ -218,7 +258,7 @@ def bench_kernels(
     rows = _layer_rows(batches, repeats)
     if end_to_end:
         rows += _end_to_end_rows(batches, repeats)
-    return {
+    result = {
         "device": "cpu",
         "cpu": cpu,
         "cpu_flags": flags,
@@ -231,6 +271,16 @@ def bench_kernels(
         "rows": rows,
         "checkpoint_size": _checkpoint_sizes(),
     }
+    if torch.cuda.is_available():
+        from zoo.kernels import cuda as cuda_kernels
+
+        gpu = {"device": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda}
+        if cuda_kernels.cuda_kernel_available():
+            gpu |= {"rows": _cuda_rows(repeats), "timing": "medians of synchronized eager calls"}
+        else:
+            gpu["skipped"] = f"no CUDA binary kernel on this GPU: {cuda_kernels.cuda_kernel_unavailable_reason()}"
+        result["cuda"] = gpu
+    return result
 
 
 def peak_rss_mb() -> float:

@@ -177,6 +177,15 @@ def cmd_bench_data(args: argparse.Namespace) -> None:
           f"(batch {result['batch_size']}, {result['threads']} threads)")  # fmt: skip
 
 
+def _kernel_rows(rows: list[dict]) -> list[dict]:
+    return [
+        {"what": r["name"], "batch": r["batch"], "ms": f"{r['ms']:.3f}", "baseline": r["baseline"],
+         "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x",
+         "first-call speedup": f"{r['first_call_speedup']:.1f}x" if "first_call_speedup" in r else ""}
+        for r in rows
+    ]  # fmt: skip
+
+
 def cmd_bench_kernels(args: argparse.Namespace) -> None:
     from zoo.bench import bench_kernels
 
@@ -186,14 +195,14 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
         return
     print(f"{result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, "
           f"kernel {result['kernel_backend']}, torch {result['torch']}")  # fmt: skip
-    rows = [
-        {"what": r["name"], "batch": r["batch"], "ms": f"{r['ms']:.3f}", "baseline": r["baseline"],
-         "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x",
-         "first-call speedup": f"{r['first_call_speedup']:.1f}x" if "first_call_speedup" in r else ""}
-        for r in result["rows"]
-    ]  # fmt: skip
-    print(_table(rows, list(rows[0])))
+    print(_table(_kernel_rows(result["rows"]), ["what", "batch", "ms", "baseline", "baseline ms", "speedup",
+                                                "first-call speedup"]))  # fmt: skip
     print(f"timing: {result['timing']}")
+    if "cuda" in result:
+        gpu = result["cuda"]
+        print(f"\n{gpu['device']} (CUDA {gpu['torch_cuda']}): {gpu.get('skipped') or gpu['timing']}")
+        if "rows" in gpu:
+            print(_table(_kernel_rows(gpu["rows"]), ["what", "batch", "ms", "baseline", "baseline ms", "speedup"]))
     sizes = result["checkpoint_size"]
     print(f"checkpoint size vs torchvision resnet18 fp32 ({sizes['torchvision resnet18 fp32 bytes'] / 1e6:.2f} MB):")
     for key, floats in (("packed", "float32"), ("packed_float16_head", "float16")):
