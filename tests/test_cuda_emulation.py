@@ -1,10 +1,11 @@
 """The CUDA kernels' logic on a CPU: binary_conv_cuda.cu compiled as host C++ and run on the CTA emulator
 (tests/cuda_emulator.py), against F.conv2d on ±1 tensors and the CPU packer, bit for bit.
 
-Every tile config with 8- and 16-byte activation copies, and the CUDA-core path, over randomized shapes (channels
-1-640 with garbage bits past C, kernels 1-5 and non-square, strides 1-3, padding up to beyond the kernel, extra K
-padding); the sign-and-pack kernels over every dtype, memory layout and threshold form, with ties, NaN and inf, and
-grids smaller than the work. Mutants of the kernel source show the emulator fails a broken kernel.
+Every tile config with 8- and 16-byte activation copies, and the CUDA-core path, over the ResNet-18 layer shapes
+and randomized ones (channels 1-640 with garbage bits past C, kernels 1-5 and non-square, strides 1-3, padding up
+to beyond the kernel, extra K padding); the fused epilogue against the CPU kernel; the sign-and-pack kernels over
+every dtype, memory layout and threshold form, with ties, NaN and inf, and grids smaller than the work. Mutants of
+the kernel source show the emulator fails a broken kernel.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ FIXED_SHAPES = [
     (1, 1, 6, 6, 5, 5, 5, 1, 1, 2, 2),
     (3, 640, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 10 words per tap: a 512-bit stage spans taps
     (1, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1),  # more than one 128-pixel tile
+    # the ResNet-18 (ImageNet) binary convs at batch 1, as the GPU runs them
+    (1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1),
+    (1, 64, 56, 56, 128, 3, 3, 2, 2, 1, 1),
+    (1, 128, 28, 28, 128, 3, 3, 1, 1, 1, 1),
+    (1, 128, 28, 28, 256, 3, 3, 2, 2, 1, 1),
+    (1, 256, 14, 14, 256, 3, 3, 1, 1, 1, 1),
+    (1, 256, 14, 14, 512, 3, 3, 2, 2, 1, 1),
+    (1, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1),
 ]
 
 
