@@ -10,8 +10,8 @@
    loop of calls (eager, i.e. launch overhead included) and, where capture works, a CUDA graph of the same loop
    (GPU time only). Every tile config of the tensor-core kernel is timed too, so the heuristic can be checked. The
    binary outputs are also compared with an fp32 cuDNN conv of the ±1 tensors (TF32 off) on every benchmarked shape;
-4. before 3, times the whole ``resnet18_sdbnn`` inference form at batch 1 (eager and CUDA graph) beside torchvision's
-   resnet18 in fp16 and fp32, and compares its logits with the fake-quant model's.
+4. before 3, times the whole ``resnet18_sdbnn`` and ``resnet18_bireal`` inference forms at batch 1 (eager and CUDA
+   graph) beside torchvision's resnet18 in fp16 and fp32, and compares their logits with the fake-quant models'.
 
 Prints a table and writes everything as JSON to the path given. Needs no internet and no datasets.
 """
@@ -256,9 +256,11 @@ def _bench_shape(zk, zkc, ext, name, hw, cin, cout, stride, batch, samples) -> d
 
 
 def _bench_end_to_end(samples: int) -> dict:
-    """The whole ``resnet18_sdbnn`` inference form at batch 1 (224x224) on the GPU, eager and replayed from a CUDA
-    graph, beside torchvision's resnet18 (cuDNN, channels_last, fp16 and fp32 with TF32 off), and its logits
-    against the fake-quant model's (random weights: a latency check, not an accuracy one)."""
+    """Whole ResNet-18 BNN inference forms at batch 1 (224x224) on the GPU, eager and replayed from a CUDA graph,
+    beside torchvision's resnet18 (cuDNN, channels_last, fp16 and fp32 with TF32 off), and their logits against the
+    fake-quant models' (random weights: a latency check, not an accuracy one). ``resnet18_sdbnn`` computes SD-BNN's
+    activation shift with PyTorch ops (~6 small kernels per binary conv); ``resnet18_bireal`` has no such branch, so
+    it shows what the packed kernels alone cost."""
     import timm
     import torchvision
 
@@ -266,31 +268,34 @@ def _bench_end_to_end(samples: int) -> dict:
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    bnn = timm.create_model("resnet18_sdbnn").eval()
-    fast = zoo.to_inference(bnn, channels_last=True).to(dev)
-    bnn = bnn.to(dev)
-    dense16 = torchvision.models.resnet18().eval().to(dev).half().to(memory_format=torch.channels_last)
-    dense32 = torchvision.models.resnet18().eval().to(dev).to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, 224, 224, device=dev)
     x16 = x.half().contiguous(memory_format=torch.channels_last)
-    row: dict = {"batch": 1}
+    row: dict = {"batch": 1, "fake_quant": {}}
+    candidates = {}
+    for arch in ("resnet18_sdbnn", "resnet18_bireal"):
+        bnn = timm.create_model(arch).eval()
+        fast = zoo.to_inference(bnn, channels_last=True).to(dev)
+        bnn = bnn.to(dev)
+        with torch.inference_mode():
+            ref, out = bnn(x), fast(x)
+        row["fake_quant"][arch] = {"max_abs_logit_diff": float((out - ref).abs().max()),
+                                   "same_prediction": bool(torch.equal(out.argmax(1), ref.argmax(1)))}  # fmt: skip
+        candidates[f"{arch} packed"] = lambda fast=fast: fast(x)
+    row["same_prediction_as_fake_quant"] = all(r["same_prediction"] for r in row["fake_quant"].values())
+    dense16 = torchvision.models.resnet18().eval().to(dev).half().to(memory_format=torch.channels_last)
+    dense32 = torchvision.models.resnet18().eval().to(dev).to(memory_format=torch.channels_last)
+    candidates["torchvision resnet18 fp16 channels_last"] = lambda: dense16(x16)
+    candidates["torchvision resnet18 fp32 channels_last"] = lambda: dense32(x)
     with torch.inference_mode():
-        ref, out = bnn(x), fast(x)
-        row["max_abs_logit_diff_vs_fake_quant"] = float((out - ref).abs().max())
-        row["same_prediction_as_fake_quant"] = bool(torch.equal(out.argmax(1), ref.argmax(1)))
-        candidates = {
-            "resnet18_sdbnn packed": lambda: fast(x),
-            "torchvision resnet18 fp16 channels_last": lambda: dense16(x16),
-            "torchvision resnet18 fp32 channels_last": lambda: dense32(x),
-        }
         row["eager"] = {name: _time_us(fn, samples) for name, fn in candidates.items()}
         row["graph"] = {name: _time_graph_us(fn, samples, calls=5) for name, fn in candidates.items()}
     return row
 
 
 def _print_end_to_end(row: dict) -> None:
-    diff, same = row["max_abs_logit_diff_vs_fake_quant"], row["same_prediction_as_fake_quant"]
-    print(f"end to end, batch 1, 224x224 (logits vs fake-quant: max |diff| {diff:.2e}, same prediction: {same})")
+    print("end to end, batch 1, 224x224; logits vs fake-quant: " + ", ".join(
+        f"{arch} max |diff| {r['max_abs_logit_diff']:.2e}, same prediction {r['same_prediction']}"
+        for arch, r in row["fake_quant"].items()))  # fmt: skip
     for name, eager in row["eager"].items():
         graph = row["graph"].get(name) or {}
         graph_us = f"{graph['median_us']:.1f}us" if "median_us" in graph else graph.get("error", "-")
@@ -394,7 +399,7 @@ def main() -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False  # the fp32 exactness reference
         torch.backends.cuda.matmul.allow_tf32 = False
-        _log("end to end: resnet18_sdbnn inference form vs torchvision resnet18")
+        _log("end to end: resnet18_sdbnn / resnet18_bireal inference forms vs torchvision resnet18")
         try:
             report["end_to_end"] = _bench_end_to_end(args.samples)
             _print_end_to_end(report["end_to_end"])

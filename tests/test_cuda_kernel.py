@@ -263,7 +263,7 @@ def test_a_gpu_without_code_in_the_build_is_refused_by_name(monkeypatch, capabil
         zkc._ext(torch.device("cuda", 0))
 
 
-def test_gpu_check_verdict_fails_on_crashes_and_mismatches_only():
+def test_gpu_check_verdict_and_printing_on_hand_made_reports(capsys):
     """scripts/gpu_check.py has never run on a GPU here: its pass/fail logic is checked on hand-made reports."""
     import importlib.util
 
@@ -280,6 +280,32 @@ def test_gpu_check_verdict_fails_on_crashes_and_mismatches_only():
     assert not gpu_check.verdict({**good, "tests": {"returncode": 1}})
     assert not gpu_check.verdict({**good, "bench": [{**exact, "exact_simt": False}]})
     assert not gpu_check.verdict({**good, "bench": [{"layer": "s3", "batch": 1, "error": "CUDA error"}]})
+    # its printing, on the shapes its sections produce (a GPU run must not end in a KeyError)
+    t = {"median_us": 10.0, "min_us": 9.0}
+    e2e = {
+        "batch": 1,
+        "fake_quant": {"resnet18_sdbnn": {"max_abs_logit_diff": 1e-6, "same_prediction": True}},
+        "eager": {"resnet18_sdbnn packed": t, "torchvision resnet18 fp16 channels_last": t},
+        "graph": {"resnet18_sdbnn packed": t, "torchvision resnet18 fp16 channels_last": {"error": "capture"}},
+    }
+    gpu_check._print_end_to_end(e2e)
+    timings = {"cudnn_fp16": t, "binary_conv": t, "pack": t, "binary_pack_plus_conv": t}
+    measured = {
+        **exact,
+        "eager": timings,
+        "speedup_conv": 1.0,
+        "speedup_end_to_end": 1.0,
+        "binary_tops": 1.0,
+        "binary_gbps": 1.0,
+        "auto_config": "bm32",
+        "best_config": "bm32",
+        "best_config_us": 1.0,
+    }
+    gpu_check._print_table(
+        [measured, {"layer": "s4", "batch": 1, "skipped": "time"}, {"layer": "s4", "batch": 2, "error": "boom"}]
+    )
+    printed = capsys.readouterr().out
+    assert "resnet18_sdbnn packed" in printed and "capture" in printed and "skipped" in printed and "boom" in printed
 
 
 # ---------------------------------------------------------------------------------------------------------------
