@@ -546,7 +546,7 @@ def test_bench_kernels_gpu_rows(ext):
     from zoo.bench import CUDA_BATCHES, _cuda_rows
 
     rows = _cuda_rows(repeats=3)
-    assert len(rows) == 5 * len(CUDA_BATCHES)
+    assert len(rows) == (4 + 2) * len(CUDA_BATCHES)  # 4 stage convs, 2 whole BNNs
     for row in rows:
         assert row["ms"] > 0 and row["baseline_ms"] > 0 and "fp16 channels_last" in row["baseline"]
 

@@ -177,8 +177,9 @@ CUDA_BATCHES = (1, 256)  # the GPU comparison the kernels are built for: latency
 
 def _cuda_rows(repeats: int) -> list[dict[str, Any]]:
     """GPU rows: the binary conv (packing included) against cuDNN fp16 channels_last on each ResNet-18 stage shape, and
-    the ``resnet18_sdbnn`` inference form against torchvision's resnet18 in fp16 channels_last; synchronized medians of
-    eager calls (launch overhead included; ``scripts/gpu_check.py`` also replays CUDA graphs and times every tile)."""
+    the ``resnet18_sdbnn`` / ``resnet18_bireal`` inference forms against torchvision's resnet18 in fp16 channels_last;
+    synchronized medians of eager calls (launch overhead included; ``scripts/gpu_check.py`` also replays CUDA graphs
+    and times every tile config)."""
     import timm
     import torchvision
 
@@ -198,17 +199,17 @@ def _cuda_rows(repeats: int) -> list[dict[str, Any]]:
             rows.append(
                 _row("conv3x3 on CUDA (packing included)", name, batch, binary, "cuDNN fp16 channels_last", cudnn)
             )
-    bnn = timm.create_model("resnet18_sdbnn").eval()
-    fast = to_inference(bnn, channels_last=True).to(dev)
     dense16 = torchvision.models.resnet18().eval().to(dev).half().to(memory_format=cl)
-    for batch in CUDA_BATCHES:
-        x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=cl)
-        x16 = x.half()
-        with torch.inference_mode():
-            ours = median_ms(lambda x=x: fast(x), repeats, sync)
-            base = median_ms(lambda x=x16: dense16(x), repeats, sync)
-        rows.append(_row("end-to-end 224x224 on CUDA", "resnet18_sdbnn packed, BN folded", batch, ours,
-                         "torchvision resnet18 fp16 channels_last", base))  # fmt: skip
+    for arch in ("resnet18_sdbnn", "resnet18_bireal"):  # Bi-Real: no activation-shift branch, the kernels alone
+        fast = to_inference(timm.create_model(arch).eval(), channels_last=True).to(dev)
+        for batch in CUDA_BATCHES:
+            x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=cl)
+            x16 = x.half()
+            with torch.inference_mode():
+                ours = median_ms(lambda x=x, m=fast: m(x), repeats, sync)
+                base = median_ms(lambda x=x16: dense16(x), repeats, sync)
+            rows.append(_row("end-to-end 224x224 on CUDA", f"{arch} packed, BN folded", batch, ours,
+                             "torchvision resnet18 fp16 channels_last", base))  # fmt: skip
     return rows
 
 
