@@ -39,3 +39,14 @@ class DataError(ZooError, ValueError):
 
 class InputError(ZooError, ValueError):
     """An input tensor a model cannot take: not (N, C, H, W), wrong dtype, channel count or spatial size."""
+
+
+class MissingExtraError(ZooError, ImportError):
+    """An optional dependency that is not installed; the message names the pyproject extra that installs it."""
+
+    def __init__(self, package: str, extra: str, needed_for: str) -> None:
+        super().__init__(
+            f'{needed_for} needs {package}, an optional dependency: pip install "compressed-cnn-zoo[{extra}]"',
+            name=package,
+        )
+        self.extra = extra

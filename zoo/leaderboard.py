@@ -20,9 +20,11 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from zoo.cards import CARDS_DIR
+from zoo.errors import MissingExtraError
 from zoo.registry import load_manifest
 
 CSV_NAME = "leaderboard.csv"
@@ -171,17 +173,25 @@ def _front_ids(rows: Sequence[dict[str, Any]], x_key: str) -> set[str]:
 # ---------------------------------------------------------------------------------------------------- plots
 
 
+def _plotting() -> tuple[ModuleType, type, type]:
+    """(matplotlib, its Agg canvas, its Figure), or MissingExtraError naming the ``plots`` extra."""
+    try:
+        import matplotlib
+        import matplotlib.style
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as err:
+        raise MissingExtraError("matplotlib", "plots", "drawing the leaderboard plots") from err
+    return matplotlib, FigureCanvasAgg, Figure
+
+
 def plot_accuracy(rows: Sequence[dict[str, Any]], x_key: str, xlabel: str, title: str, path: Path) -> None:
     """Measured top-1 vs ``x_key`` (log x), one panel per dataset, one marker per method, the Pareto front as a step
     line with its points ringed. Rows without a value for ``x_key`` are left out and counted in the panel title.
 
     Written with the Agg canvas and no 'Software' metadata, so the same rows give the same bytes.
     """
-    import matplotlib
-    import matplotlib.style
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    matplotlib, FigureCanvasAgg, Figure = _plotting()
     datasets = sorted({str(r["data"]) for r in rows}) or ["(no checkpoints)"]
     methods = sorted({str(r["method"]) for r in rows})
     marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
@@ -374,6 +384,8 @@ def build_leaderboard(
     is written with ``limit`` (a partial test split) or ``write=False``.
     """
     out_dir = Path(out_dir) if out_dir is not None else CARDS_DIR
+    if write and limit is None:
+        _plotting()  # a missing extra is reported before minutes of evaluation, not after
     cache = {r["sha256"]: r for r in read_csv(out_dir / CSV_NAME)} if cached else {}
     rows = []
     for checkpoint_id, entry in sorted(load_manifest().items()):

