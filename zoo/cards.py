@@ -29,22 +29,46 @@ def method_text(method: str) -> dict[str, str]:
     return sections
 
 
+def lineage(meta: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """(parent checkpoint id, Hub ``base_model_relation``, compression tag) of a checkpoint made from another one;
+    None for one trained from scratch. An unreleased dense parent is named by its recorded ``dense_reference``.
+
+    The Hub knows four relations (adapter, merge, quantized, finetune): a 1-bit model is ``quantized`` from its
+    dense parent; a pruned one takes its widths (for most methods its starting weights too) from its parent, which the
+    Hub can only call a ``finetune`` (the tag ``pruned`` says which kind); a fine-tune on new data is a ``finetune``.
+    """
+    comp = meta["compression"]
+    if comp.get("finetuned_from"):
+        return comp["finetuned_from"], "finetune", None
+    parent = comp.get("dense_parent") or (comp.get("dense_reference") or {}).get("id")
+    if parent is None:
+        return None
+    if meta.get("pruning"):
+        return parent, "finetune", "pruned"
+    if comp["weight_bits"] == 1:
+        return parent, "quantized", "binary"
+    raise ValueError(f"{meta['id']} names the dense parent {parent} but is neither pruned nor binary")
+
+
 def _front_matter(config: dict[str, Any], hf_org: str) -> str:
     meta = config["zoo"]
     comp, metrics = meta["compression"], meta["metrics"]
+    parent = lineage(meta)
+    tags = ["image-classification", "timm", "compressed-cnn-zoo", comp["method"]]
+    if parent and parent[2]:
+        tags.append(parent[2])
     lines = [
         "---",
         "license: mit",
         "library_name: timm",
         "pipeline_tag: image-classification",
         "tags:",
-        *[f"- {t}" for t in ("image-classification", "timm", "compressed-cnn-zoo", comp["method"])],
+        *[f"- {t}" for t in tags],
         "datasets:",
         f"- {metrics['dataset_hub_id']}",
     ]
-    base = comp.get("finetuned_from") or comp.get("dense_parent")
-    if base:
-        lines.append(f"base_model: {hf_org}/{base}")
+    if parent:
+        lines += [f"base_model: {hf_org}/{parent[0]}", f"base_model_relation: {parent[1]}"]
     lines += [
         "metrics:",
         "- accuracy",
