@@ -415,18 +415,24 @@ def test_residual_epilogue_checks(path):
 
 @pytest.mark.parametrize("c", [5, 64, 130])
 def test_asd_threshold_in_the_kernel_is_the_se_branch(path, c):
-    """SD-BNN's ASD threshold computed inside the kernel's call is the PyTorch SE branch's, bit for bit."""
+    """SD-BNN's ASD threshold computed inside the kernel's call is the PyTorch SE branch's, bit for bit; where the
+    kernel cannot compute it (the PyTorch fallback), asd_weights are refused: the caller passes the threshold."""
     from zoo.nn.self_distribution import activation_shift
 
     gen = torch.Generator().manual_seed(c)
     x = torch.randn(3, c, 9, 7, generator=gen).contiguous(memory_format=torch.channels_last)
     fc1, fc2 = torch.randn(max(1, c // 8), c, generator=gen), torch.randn(c, max(1, c // 8), generator=gen)
     shift = activation_shift(x, fc1, fc2)[:, :, 0, 0]
-    if path != "torch":
-        tau = _build.load_extension().asd_threshold(x, fc1, fc2)
-        assert torch.equal(tau, -shift)
     wt = torch.randn(16, c, 3, 3, generator=gen)
     geometry = kb.conv_geometry(zk.pack_weights(wt), 16, c, 3, 1, 1, 1, 1)
+    assert kb.fuses_asd_threshold(x, zk.pack_weights(wt)) == (path != "torch")
+    assert not kb.fuses_asd_threshold(x.double(), zk.pack_weights(wt))
+    if path == "torch":
+        with pytest.raises(ValueError, match="pass the computed threshold"):
+            kb.run_binary_conv2d(x, zk.pack_weights(wt), 16, c, geometry, asd_weights=(fc1, fc2))
+        return
+    tau = _build.load_extension().asd_threshold(x, fc1, fc2)
+    assert torch.equal(tau, -shift)
     fused = kb.run_binary_conv2d(x, zk.pack_weights(wt), 16, c, geometry, asd_weights=(fc1, fc2))
     reference = zk.binary_conv2d(x, zk.pack_weights(wt), 16, c, 3, 1, 1, threshold=-shift)
     assert torch.equal(fused, reference)

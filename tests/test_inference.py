@@ -25,6 +25,7 @@ from zoo.inference import (
 )
 from zoo.kernels import available_isas, set_kernel_isa
 from zoo.nn import BinaryConv2d
+from zoo.nn.self_distribution import SelfDistributionBinaryConv2d
 from zoo.registry import load_manifest
 
 BINARY_ARCHS = zoo.list_architectures(binary_only=True)
@@ -238,6 +239,24 @@ def test_folded_conv_runs_its_bn_on_every_backend() -> None:
             set_kernel_isa(isa.split("-")[0])
             try:
                 torch.testing.assert_close(packed(x), ref, rtol=1e-6, atol=1e-6, msg=isa)
+            finally:
+                set_kernel_isa(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_asd_conv_is_exact_on_every_backend(dtype: torch.dtype) -> None:
+    """SD-BNN's packed conv equals its fake-quant form whether the kernel computes the ASD threshold in its call
+    (float32 on the C++ kernel) or the layer computes it and passes it (the fallback, float64)."""
+    torch.manual_seed(5)
+    conv = SelfDistributionBinaryConv2d(40, 12, 3, 1, 1, asd_reduction=8).eval().to(dtype)
+    packed = PackedBinaryConv2d(conv)
+    x = torch.randn(3, 40, 7, 7, dtype=dtype)
+    with torch.inference_mode():
+        ref = conv(x).float()
+        for isa in [*available_isas(), "torch"]:
+            set_kernel_isa(isa.split("-")[0])
+            try:
+                assert torch.equal(packed(x), ref), isa
             finally:
                 set_kernel_isa(None)
 

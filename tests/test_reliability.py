@@ -193,7 +193,7 @@ LOAD_LOOP = textwrap.dedent(
     import json, resource, sys
     import torch
     from zoo.bench import bench_checkpoint
-    from zoo.cli import evaluate_checkpoint
+    from zoo.evaluate import evaluate_checkpoint
     torch.set_num_threads(1)
     peaks, top1 = {}, set()
     for i in range(1, 7):

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import time
 import zlib
 from collections.abc import Sequence
@@ -32,21 +31,10 @@ from training.recipe import Recipe, section_from_dict
 from zoo.data import BatchAugment, BatchIterator, DecodedImages, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.hub import read_safetensors
+from zoo.provenance import git_commit
 from zoo.prune.aip import AIPSettings
 
 STATE_DIR = "state"
-
-
-def git_commit() -> str:
-    """The commit the code ran from, with ``-dirty`` when the work tree had changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "zoo", "training"], cwd=root,
-                               capture_output=True, text=True, check=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def set_training_progress(model: torch.nn.Module, progress: float) -> None:

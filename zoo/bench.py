@@ -384,10 +384,10 @@ def record_checkpoint_speed(result: dict[str, Any]) -> dict[str, Any]:
     """
     import datetime
 
-    from training.trainer import git_commit
     from zoo.cards import render_card
     from zoo.checkpoint import update_checkpoint_config
     from zoo.errors import WeightsNotFoundError
+    from zoo.provenance import git_commit
     from zoo.registry import CONFIG_NAME, models_dir
 
     folder = models_dir() / result["id"]

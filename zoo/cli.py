@@ -87,32 +87,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"  model_args   {json.dumps(entry['model_args'])}")
 
 
-def evaluate_checkpoint(
-    source: str, dataset: str | None, limit: int | None, progress: bool, packed: bool = False
-) -> dict[str, Any]:
-    """Load a checkpoint and measure top-1/top-5 on a test split (``packed``: through ``to_inference``)."""
-    from zoo.api import from_pretrained
-    from zoo.data import dataset_spec, load_dataset, to_tensors
-    from zoo.evaluate import accuracy, predict_logits
-    from zoo.inference import to_inference
-
-    model = from_pretrained(source)
-    if packed:
-        model = to_inference(model)
-    cfg = model.pretrained_cfg
-    spec = dataset_spec(dataset or _checkpoint_dataset(source))
-    images, labels = to_tensors(load_dataset(spec.name, "test"), spec, limit=limit)
-    logits = predict_logits(model, images, tuple(cfg["mean"]), tuple(cfg["std"]), progress=progress)
-    return {"id": source, "dataset": spec.name, "split": "test", **accuracy(logits, labels)}
-
-
-def _checkpoint_dataset(source: str) -> str:
-    from zoo.hub import resolve_source
-
-    return resolve_source(source).config["zoo"]["metrics"]["dataset"]
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
+    from zoo.evaluate import evaluate_checkpoint
+
     result = evaluate_checkpoint(args.id, args.dataset, args.limit, progress=not args.json, packed=args.packed)
     if args.json:
         print(json.dumps(result))

@@ -1,12 +1,18 @@
-"""Top-1/top-5 accuracy of a model on a labelled split held in memory."""
+"""Top-1/top-5 accuracy: of a model on a labelled split held in memory, and of a checkpoint on its test split."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from zoo.api import from_pretrained
+from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.data.augment import normalize
+from zoo.hub import resolve_source
+from zoo.inference import to_inference
 
 
 @torch.inference_mode()
@@ -39,3 +45,17 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         "top5": 100.0 * hits.any(dim=1).sum().item() / n,
         "num_samples": n,
     }
+
+
+def evaluate_checkpoint(
+    source: str, dataset: str | None, limit: int | None, progress: bool, packed: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint and measure top-1/top-5 on a test split (``packed``: through ``to_inference``)."""
+    model = from_pretrained(source)
+    if packed:
+        model = to_inference(model)
+    cfg = model.pretrained_cfg
+    spec = dataset_spec(dataset or resolve_source(source).config["zoo"]["metrics"]["dataset"])
+    images, labels = to_tensors(load_dataset(spec.name, "test"), spec, limit=limit)
+    logits = predict_logits(model, images, tuple(cfg["mean"]), tuple(cfg["std"]), progress=progress)
+    return {"id": source, "dataset": spec.name, "split": "test", **accuracy(logits, labels)}

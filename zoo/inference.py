@@ -28,9 +28,9 @@ from torch import nn
 
 from zoo.errors import ShapeMismatchError
 from zoo.kernels import pack_weights, unpack_weights
-from zoo.kernels.binary import conv_geometry, run_binary_conv2d
+from zoo.kernels.binary import conv_geometry, fuses_asd_threshold, run_binary_conv2d
 from zoo.nn import BinaryConv2d
-from zoo.nn.self_distribution import ActivationSelfDistribution
+from zoo.nn.self_distribution import ActivationSelfDistribution, activation_shift
 
 PACKED_SUFFIX = ".weight_packed"
 PACKED_LAYOUT = "1 bit each: <conv>.weight_packed, signs OHWI packed along input channels, 64 per int64 word"
@@ -41,7 +41,8 @@ class PackedBinaryConv2d(nn.Module):
 
     After :meth:`fold_batchnorm` it also applies that BN's eval-mode affine (buffers ``bn_scale``, ``bn_bias``) in
     the kernel's epilogue; :meth:`forward_add_act` adds a residual and an activation there too. SD-BNN's ASD
-    threshold is computed inside the C++ kernel's call, by the same ATen ops as the ASD module (bit for bit).
+    threshold is computed inside the C++ kernel's call where it can be (by the same ATen ops as the ASD module, bit
+    for bit), else here by the ASD module's function and passed to the kernel.
     """
 
     binary = True
@@ -91,13 +92,24 @@ class PackedBinaryConv2d(nn.Module):
     def _conv(self, x: torch.Tensor, **epilogue) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected an (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
-        asd_weights = None if self.asd is None else (self.asd.fc1.weight.detach(), self.asd.fc2.weight.detach())
+        threshold, asd_weights = self._asd_terms(x)
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         out = run_binary_conv2d(
-            x, self.weight_packed, self.out_channels, self.in_channels, self.geometry, None, asd_weights,
+            x, self.weight_packed, self.out_channels, self.in_channels, self.geometry, threshold, asd_weights,
             self.bn_scale, self.bn_bias, **epilogue,
         )  # fmt: skip
         return out.contiguous(memory_format=layout)  # keep the model's layout: the float ops after it round alike
+
+    def _asd_terms(self, x: torch.Tensor) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """(threshold, asd_weights) for the kernel: the ASD weights where the kernel fuses their threshold, else the
+        threshold -SE(x) computed here; (None, None) without ASD."""
+        if self.asd is None:
+            return None, None
+        fc1, fc2 = self.asd.fc1.weight.detach(), self.asd.fc2.weight.detach()
+        if fuses_asd_threshold(x, self.weight_packed):
+            return None, (fc1, fc2)
+        with torch.no_grad():
+            return -activation_shift(x, fc1, fc2)[:, :, 0, 0], None
 
     def extra_repr(self) -> str:
         k, s, p = self.kernel_size, self.stride, self.padding

@@ -94,7 +94,7 @@ def checkpoint_fields(checkpoint_id: str, config: dict[str, Any] | None = None) 
 def measure_checkpoint(checkpoint_id: str, limit: int | None = None) -> dict[str, Any]:
     """Evaluate and re-measure one released checkpoint (accuracy, params, FLOPs/BOPs), in :data:`COLUMNS` order."""
     from zoo.api import from_pretrained
-    from zoo.cli import evaluate_checkpoint
+    from zoo.evaluate import evaluate_checkpoint
     from zoo.measure import model_summary
 
     entry = load_manifest()[checkpoint_id]

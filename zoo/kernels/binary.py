@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from zoo.kernels._args import check_activation, conv_geometry, threshold_tensor
 from zoo.kernels._build import kernels_disabled, load_error, load_extension
 from zoo.kernels._weight_cache import DerivedWeightCache
 
@@ -193,25 +194,6 @@ def unpack_weights(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return _unpack_last_dim(packed, c).permute(0, 3, 1, 2).contiguous()
 
 
-def _threshold_tensor(x: torch.Tensor, threshold) -> torch.Tensor | None:
-    if threshold is None:
-        return None
-    n, c = x.shape[0], x.shape[1]
-    if not isinstance(threshold, torch.Tensor):
-        return torch.full((c,), float(threshold), dtype=x.dtype, device=x.device)
-    t = threshold.detach()
-    if not ((t.dim() == 1 and t.shape[0] == c) or (t.dim() == 2 and tuple(t.shape) == (n, c))):
-        raise ValueError(f"threshold must have shape [C] = [{c}] or [N, C] = [{n}, {c}], got {tuple(t.shape)}")
-    return t
-
-
-def _check_activation(x: torch.Tensor) -> None:
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"expected a real 4-D (N, C, H, W) input, got {tuple(x.shape)} {x.dtype}")
-    if x.shape[1] < 1:
-        raise ValueError("the input needs at least one channel")
-
-
 def _torch_bits(x: torch.Tensor, tau: torch.Tensor | None) -> torch.Tensor:
     """bool (N, C, H, W): x >= tau, compared in x's dtype."""
     if tau is None:
@@ -236,8 +218,8 @@ def pack_activations(x: torch.Tensor, threshold: torch.Tensor | float | None = N
     a ``[C]`` tensor or an ``[N, C]`` tensor (per-sample thresholds, e.g. ``-SE(x)`` for SD-BNN's ASD shift).
     Any strides are accepted (channels_last, slices, expanded tensors).
     """
-    _check_activation(x)
-    tau = _threshold_tensor(x, threshold)
+    check_activation(x)
+    tau = threshold_tensor(x, threshold)
     if x.is_cuda and (cuda_kernels := _cuda_kernels(x.device)) is not None:
         return cuda_kernels.cuda_pack_activations(x, threshold)
     ext, code = _select()
@@ -267,51 +249,6 @@ def _blocked_weights(ext, packed: torch.Tensor) -> torch.Tensor:
     every call (a copy of the packed words); pack weights outside inference mode to get the cache.
     """
     return _blocked.get(packed, None, lambda: ext.block_weights(packed))
-
-
-def _pair(v, name: str) -> tuple[int, int]:
-    if type(v) is int:
-        return v, v
-    if isinstance(v, str):
-        raise NotImplementedError(f"{name}='{v}' is not supported by the binary kernel; pass integers")
-    if isinstance(v, numbers.Integral):
-        return int(v), int(v)
-    t = tuple(v)
-    if len(t) != 2 or not all(isinstance(i, numbers.Integral) for i in t):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return int(t[0]), int(t[1])
-
-
-def conv_geometry(
-    packed_weight: torch.Tensor,
-    out_channels: int,
-    in_channels: int,
-    kernel_size,
-    stride,
-    padding,
-    dilation,
-    groups: int,
-) -> tuple[int, int, int, int, int, int]:
-    """(kh, kw, sh, sw, ph, pw) of a binary conv call, after checking what every kernel backend supports."""
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if _pair(dilation, "dilation") != (1, 1):
-        raise NotImplementedError(f"the binary kernels support dilation=1 only, got {dilation}")
-    if groups != 1:
-        raise NotImplementedError(f"the binary kernels support groups=1 only, got {groups}")
-    if min(kh, kw, sh, sw, out_channels, in_channels) < 1 or min(ph, pw) < 0:
-        raise ValueError(
-            f"need kernel_size, stride, channels >= 1 and padding >= 0, got kernel_size={kernel_size}, "
-            f"stride={stride}, padding={padding}, out_channels={out_channels}, in_channels={in_channels}"
-        )
-    cw = (in_channels + 63) // 64
-    if packed_weight.dtype is not torch.int64 or packed_weight.shape != (out_channels, kh, kw, cw):
-        raise ValueError(
-            f"packed_weight must be int64 [{out_channels}, {kh}, {kw}, {cw}] from pack_weights, "
-            f"got {tuple(packed_weight.shape)} {packed_weight.dtype}"
-        )
-    return kh, kw, sh, sw, ph, pw
 
 
 def binary_conv2d(
@@ -356,7 +293,7 @@ def binary_conv2d(
             raise ValueError("a threshold cannot be applied to already packed activations")
         h, w = x.shape[1], x.shape[2]
     else:
-        _check_activation(x)
+        check_activation(x)
         if x.shape[1] != in_channels:
             raise ValueError(f"input has {x.shape[1]} channels, in_channels={in_channels}")
         h, w = x.shape[2], x.shape[3]
@@ -368,10 +305,24 @@ def binary_conv2d(
     scale, bias = _affine_terms(scale, bias, out_channels, x.device)
     output_shape = (x.shape[0], out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
     _check_residual_terms(residual, prelu_weight, clamp, output_shape, x.device)
-    tau = None if packed_input or threshold is None else _threshold_tensor(x, threshold)
+    tau = None if packed_input or threshold is None else threshold_tensor(x, threshold)
     return run_binary_conv2d(
         x, packed_weight, out_channels, in_channels, geometry, tau, None, scale, bias, residual, prelu_weight, clamp
     )
+
+
+def _on_cpu_kernel(ext, x: torch.Tensor, packed_weight: torch.Tensor) -> bool:
+    return ext is not None and x.is_cpu and packed_weight.is_cpu
+
+
+def _fuses_asd(ext, x: torch.Tensor, packed_weight: torch.Tensor) -> bool:
+    return _on_cpu_kernel(ext, x, packed_weight) and x.dtype is torch.float32
+
+
+def fuses_asd_threshold(x: torch.Tensor, packed_weight: torch.Tensor) -> bool:
+    """Whether :func:`run_binary_conv2d` computes an SE-gate threshold from ``asd_weights`` inside the C++ kernel's
+    call for these tensors (a float32 CPU input, the extension loaded); otherwise pass the threshold computed."""
+    return _fuses_asd(_select()[0], x, packed_weight)
 
 
 def run_binary_conv2d(
@@ -392,19 +343,19 @@ def run_binary_conv2d(
     (:func:`conv_geometry`), its epilogue terms and its input's channels once (``PackedBinaryConv2d``); the C++
     kernel still checks every shape. ``threshold``: a tensor of shape ``[C]`` or ``[N, C]`` or None.
 
-    ``asd_weights = (fc1, fc2)`` packs against SD-BNN's activation self-distribution threshold
-    ``-sigmoid(fc2 relu(fc1 mean_hw(x)))``: inside the C++ kernel's call for a float32 CPU ``x`` (the same ATen ops as
-    :func:`zoo.nn.self_distribution.activation_shift`, bit for bit, without the interpreter between them), by that
-    function elsewhere.
+    ``asd_weights = (fc1, fc2)`` instead of a threshold packs against the SE-gate threshold
+    ``-sigmoid(fc2 relu(fc1 mean_hw(x)))`` (SD-BNN's activation self-distribution), computed inside the C++ kernel's
+    call by the same ATen ops as the PyTorch branch, bit for bit, without the interpreter between them. Only where
+    :func:`fuses_asd_threshold` holds; elsewhere the caller computes the threshold and passes it.
     """
     kh, kw, sh, sw, ph, pw = geometry
     ext, code = _select()
-    use_ext = ext is not None and x.is_cpu and packed_weight.is_cpu
-    if asd_weights is not None and not (use_ext and x.dtype is torch.float32):
-        from zoo.nn.self_distribution import activation_shift  # only off the C++ path: keeps kernels free of zoo.nn
-
-        with torch.no_grad():
-            threshold, asd_weights = -activation_shift(x, *asd_weights)[:, :, 0, 0], None
+    use_ext = _on_cpu_kernel(ext, x, packed_weight)
+    if asd_weights is not None and not _fuses_asd(ext, x, packed_weight):
+        raise ValueError(
+            "asd_weights are only taken by the C++ kernel for a float32 CPU input (see fuses_asd_threshold); "
+            "pass the computed threshold instead"
+        )
     if use_ext:
         lo, hi = (None, None) if clamp is None else clamp
         fc1, fc2 = (None, None) if asd_weights is None else asd_weights

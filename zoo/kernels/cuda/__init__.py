@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from zoo.kernels._args import check_activation, conv_geometry, threshold_tensor
 from zoo.kernels._weight_cache import DerivedWeightCache
-from zoo.kernels.binary import _check_activation, _threshold_tensor, conv_geometry
 from zoo.kernels.cuda._build import load_error, load_extension
 
 __all__ = [
@@ -129,10 +129,10 @@ def cuda_pack_activations(x: torch.Tensor, threshold: torch.Tensor | float | Non
     """Fused sign-and-pack on the GPU; the same contract as :func:`zoo.kernels.pack_activations`: real ``(N, C, H,
     W)`` -> NHWC words ``[N, H, W, ceil(C/64)]`` (int64), bit = ``x >= threshold`` compared in ``x``'s dtype
     (threshold None -> 0, so -0.0 -> +1 and NaN -> -1), threshold a float, ``[C]`` or ``[N, C]``; any strides."""
-    _check_activation(x)
+    check_activation(x)
     if not x.is_cuda:
         raise ValueError(f"cuda_pack_activations needs a CUDA tensor, got {x.device}")
-    tau = _threshold_tensor(x, threshold)
+    tau = threshold_tensor(x, threshold)
     return _ext(x.device).pack_activations(x.detach(), tau)
 
 
@@ -183,10 +183,10 @@ def cuda_binary_conv2d(
             raise ValueError("a threshold cannot be applied to already packed activations")
         act = x
     else:
-        _check_activation(x)
+        check_activation(x)
         if x.shape[1] != in_channels:
             raise ValueError(f"input has {x.shape[1]} channels, in_channels={in_channels}")
-        act = ext.pack_activations(x.detach(), _threshold_tensor(x, threshold))
+        act = ext.pack_activations(x.detach(), threshold_tensor(x, threshold))
     h, w = act.shape[1], act.shape[2]
     if h < 1 or w < 1:
         raise ValueError(f"the input needs a spatial size >= 1, got {h}x{w}")
