@@ -21,7 +21,7 @@ from types import ModuleType
 
 import torch
 
-_SOURCES = [Path(__file__).with_name("cpu") / "binary_conv.cpp"]
+_SOURCES = [Path(__file__).with_name("cpu") / name for name in ("binary_conv.cpp", "sign_estimators.cpp")]
 _NAME = "zoo_binary_conv_cpu"
 _CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unused-function"]
 

@@ -5,7 +5,8 @@ Forward, every quantizer maps x to exactly +1 or -1 with one tie rule everywhere
 ``torch.sign``, which maps 0 to 0 — a value no 1-bit storage can hold; exact zeros are rare in float
 training, and the cards record this choice.
 
-Backward estimators (each one ``torch.autograd.Function``, so the whole quantizer costs one fused op):
+Backward estimators (one ``torch.autograd.Function``; forward and backward are one pass each over memory on the
+CPU kernels of :mod:`zoo.kernels.sign`, bit-identical to the eager formulas used elsewhere):
 - ``ste``: clipped straight-through, dL/dx = dL/dy * 1[|x| <= 1] (binary weights, Bi-Real/IR²Net);
 - ``approx``: Bi-Real's ApproxSign, dL/dx = dL/dy * max(0, 2 - 2|x|) (binary activations);
 - ``ede``: IR-Net's error decay estimator, dL/dx = dL/dy * k * t * (1 - tanh²(t x)), with t and k
@@ -22,49 +23,32 @@ import math
 import torch
 from torch import nn
 
+from zoo.kernels.sign import hard_sign as kernel_hard_sign
+from zoo.kernels.sign import hard_sign_reference, sign_backward
 
-def hard_sign(x: torch.Tensor) -> torch.Tensor:
-    """+1 where x >= 0, -1 elsewhere (the zoo's tie rule)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+hard_sign = hard_sign_reference  # the zoo's tie rule in plain PyTorch ops (what ONNX export and tests use)
 
 
-class _SignWithSurrogate(torch.autograd.Function):
-    """sign forward; backward multiplies by the subclass's ``surrogate_grad(x)`` (the estimator's derivative)."""
+def surrogate_backward(grad: torch.Tensor, x: torch.Tensor, estimator: str, t: float, k: float) -> torch.Tensor:
+    """dL/dx of ``sign(x)`` under ``estimator`` (``ste``, ``approx`` or ``ede`` with its current ``t``, ``k``)."""
+    if estimator == "ede":
+        return sign_backward(grad, torch.tanh(t * x), "tanh", k * t)
+    return sign_backward(grad, x, estimator)
+
+
+class _Sign(torch.autograd.Function):
+    """sign forward; backward multiplies by the estimator's derivative (one pass each on the CPU kernels)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, estimator: str, t: float, k: float) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return hard_sign(x)
+        ctx.estimator, ctx.t, ctx.k = estimator, t, k
+        return kernel_hard_sign(x)
 
-    @classmethod
-    def backward(cls, ctx, grad: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (x,) = ctx.saved_tensors
-        return grad * cls.surrogate_grad(x).to(grad.dtype)
-
-
-class _SignSTE(_SignWithSurrogate):
-    @staticmethod
-    def surrogate_grad(x: torch.Tensor) -> torch.Tensor:
-        return x.abs() <= 1
-
-
-class _SignApprox(_SignWithSurrogate):
-    @staticmethod
-    def surrogate_grad(x: torch.Tensor) -> torch.Tensor:
-        return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
-
-
-class _SignEDE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, t: float, k: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.t, ctx.k = t, k
-        return hard_sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        return grad * (ctx.k * ctx.t) * (1.0 - torch.tanh(ctx.t * x).square()), None, None
+        return surrogate_backward(grad, x, ctx.estimator, ctx.t, ctx.k), None, None, None
 
 
 def ede_schedule(progress: float, t_min: float = 1e-3, t_max: float = 10.0) -> tuple[float, float]:
@@ -95,11 +79,11 @@ class SignQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.estimator == "identity":
             return x
-        if self.estimator == "ste":
-            return _SignSTE.apply(x)
-        if self.estimator == "approx":
-            return _SignApprox.apply(x)
-        return _SignEDE.apply(x, self.t, self.k)
+        return _Sign.apply(x, self.estimator, self.t, self.k)
+
+    def backward_of(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """dL/dx for this quantizer's sign at ``x`` given dL/dsign(x) (for ops that fuse the sign into a conv)."""
+        return surrogate_backward(grad, x, self.estimator, self.t, self.k)
 
     def extra_repr(self) -> str:
         return self.estimator + (f", t_min={self.t_min}, t_max={self.t_max}" if self.estimator == "ede" else "")

@@ -915,6 +915,8 @@ std::vector<std::string> available_isas() {
 
 }  // namespace
 
+void register_sign_estimators(pybind11::module_& m);  // sign_estimators.cpp: the training-time sign kernels
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace pybind11::literals;
   m.doc() = "zoo binary conv2d CPU kernels (packed XOR-popcount, AVX-512 VPOPCNTDQ / AVX2 / scalar)";
@@ -940,4 +942,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     if (name == "avx512" || name == "avx512-vpopcntdq") return kAvx512;
     TORCH_CHECK(false, "zoo binary kernel: unknown ISA '", name, "' (use auto, scalar, avx2, avx512)");
   });
+  register_sign_estimators(m);
 }
