@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 import zoo
 from training.export import GOLDEN_FILE, GOLDEN_IMAGES, export_run
+from training.park import park, restore_parked
 from training.recipe import Recipe
 from training.trainer import Trainer, load_trained_model
 from zoo.evaluate import predict_logits
@@ -145,6 +147,26 @@ def test_resume_mid_epoch_train_loss_covers_whole_epoch(mid_epoch_resume):
     ref, resumed = mid_epoch_resume
     a, b = read_jsonl(ref / "metrics.jsonl"), read_jsonl(resumed / "metrics.jsonl")
     assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
+
+
+@pytest.mark.slow
+def test_a_parked_run_resumes_on_a_fresh_clone_bit_identically(mid_epoch_resume, tmp_path):
+    ref, _ = mid_epoch_resume
+    raw = tiny_recipe(epochs=1, schedule="cosine")
+    first_machine, parked_root = tmp_path / "machine1" / "runs" / "tiny", tmp_path / "clone" / "parked"
+    with pytest.raises(_Interrupted):
+        fit(raw, first_machine, _interrupting_trainer(at_step=5))
+    with pytest.raises(ValueError, match="over the"):
+        park(first_machine, parked_root, max_bytes=1000)
+    assert not (parked_root / "tiny").exists()  # a refused park writes nothing
+    park(first_machine, parked_root)
+    shutil.rmtree(first_machine.parent.parent)  # the first machine is gone
+    fresh = tmp_path / "machine2" / "runs" / "tiny"
+    assert restore_parked(fresh, parked_root) and not restore_parked(fresh, parked_root)  # its own state wins now
+    fit(raw, fresh, _interrupting_trainer(at_step=2))  # would die at step 2 if it started over: it resumes at 3
+    assert_same_weights(fresh / "final.safetensors", ref / "final.safetensors")
+    with pytest.raises(ValueError, match="has finished"):
+        park(fresh, parked_root)
 
 
 def test_export_and_load(straight_run, tmp_path):

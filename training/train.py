@@ -2,7 +2,8 @@
 
 A recipe with a ``prune`` section first runs its prune/search stage (``training/prune.py``), then trains the
 pruned network. Data-parallel: ``torchrun --nproc_per_node 2 -m training.train <recipe>`` (CPU, gloo) or
-``accelerate launch --multi_gpu -m training.train <recipe>`` (GPUs). Re-running resumes from ``state/``.
+``accelerate launch --multi_gpu -m training.train <recipe>`` (GPUs). Re-running resumes from ``state/``, or on a
+fresh clone from the copy ``python -m training.park`` committed.
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.park import restore_parked
 from training.prune import resolve_pruned_recipe
 from training.recipe import Recipe
 from training.trainer import Trainer
 
 
 def train_recipe(recipe: Recipe, run_dir: Path) -> dict:
-    """Train ``recipe`` into ``run_dir``, after its prune/search stage if it has one (resumable throughout)."""
+    """Train ``recipe`` into ``run_dir``, after its prune/search stage if it has one (resumable throughout).
+
+    A ``run_dir`` without state of its own first takes a parked copy (``training/parked/<run name>``, see
+    :mod:`training.park`): a fresh clone continues a run that an earlier machine parked.
+    """
+    if restore_parked(run_dir):
+        print(f"{run_dir}: restored the parked state from training/parked/{run_dir.name}")
     if recipe.prune is not None:
         recipe = resolve_pruned_recipe(recipe, run_dir)
     return Trainer(recipe, run_dir).fit()

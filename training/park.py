@@ -1,0 +1,84 @@
+"""Carry an unfinished training run to another machine through git: ``python -m training.park runs/<id> [...]``.
+
+A run's resumable state lives in ``runs/<id>/`` (ignored by git: it is rewritten every few hundred steps). Parking
+copies what a resume needs (``state/``, ``metrics.jsonl`` and the prune stage's ``prune/`` cache) into
+``training/parked/<id>/``, which is committed; on a fresh clone ``python -m training.train <recipe>`` (or
+``training.regenerate``) finds no ``runs/<id>/state``, restores the parked copy into ``runs/<id>/`` and continues
+from it, with the same numbers as a run that was never interrupted (the state holds the weights, optimizer,
+schedule, data order position and random generators). Park again before each stop; a finished run is exported
+instead (``python -m training.export``) and its parked copy deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from training.trainer import STATE_DIR, latest_state
+
+PARKED_DIR = Path(__file__).with_name("parked")
+CARRIED = (STATE_DIR, "metrics.jsonl", "prune")
+#: A parked run is committed: keep it to small models (a ResNet-56 state is ~7 MB, a ResNet-20's ~2 MB).
+MAX_PARKED_BYTES = 32 * 2**20
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PARKED_BYTES) -> Path:
+    """Copy ``run_dir``'s resumable files to ``parked_root/<run name>`` (replaced whole, never half-written)."""
+    state = latest_state(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{run_dir}: no {STATE_DIR}/ to park (train first: python -m training.train ...)")
+    if (run_dir / "result.json").is_file():
+        raise ValueError(f"{run_dir} has finished (result.json): export it (python -m training.export {run_dir})")
+    items = {STATE_DIR: state, **{n: run_dir / n for n in CARRIED[1:] if (run_dir / n).exists()}}
+    total = sum(_size(p) for p in items.values())
+    if total > max_bytes:
+        raise ValueError(
+            f"{run_dir}: {total / 2**20:.1f} MB of resumable state is over the {max_bytes / 2**20:.0f} MB that may be "
+            "committed; keep its runs/ folder on a disk the next machine mounts instead (--run-dir)"
+        )
+    dest = parked_root / run_dir.name
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, src in items.items():
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
+    """Copy a parked run into ``run_dir`` when ``run_dir`` has no state of its own; True if it did."""
+    parked = parked_root / run_dir.name
+    if latest_state(run_dir) is not None or (run_dir / "result.json").is_file() or not (parked / STATE_DIR).is_dir():
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(parked.iterdir()):
+        target = run_dir / item.name
+        if item.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(item, target)
+        else:
+            shutil.copy2(item, target)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="e.g. runs/resnet20_bnn.fmnist")
+    args = parser.parse_args(argv)
+    for run_dir in args.run_dirs:
+        dest = park(run_dir)
+        print(f"parked {run_dir} in {dest} ({_size(dest) / 2**20:.1f} MB): commit it; `python -m training.train "
+              f"<recipe> --run-dir {run_dir}` resumes from it on a fresh clone")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
