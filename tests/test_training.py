@@ -91,6 +91,15 @@ def test_tiny_run_writes_outputs(straight_run):
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
+def test_with_a_holdout_each_epoch_is_measured_on_it_and_only_the_end_on_the_test_split(tmp_path):
+    raw = tiny_recipe(epochs=1)
+    raw["data"]["holdout"] = 100
+    result = fit(raw, tmp_path / "val")
+    (record,) = read_jsonl(tmp_path / "val" / "metrics.jsonl")
+    assert "val_top1" in record and not any(k.startswith("test_") for k in record)
+    assert result["metrics"]["num_samples"] == 500  # the final numbers: the test split
+
+
 @pytest.mark.slow
 def test_resume_under_a_different_recipe_is_refused(tmp_path):
     # Resuming with, e.g., more epochs would silently change the schedule the saved steps followed.

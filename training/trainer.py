@@ -245,16 +245,19 @@ class Trainer:
         self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
-    def _data(self) -> tuple[BatchIterator, tuple[Images, torch.Tensor]]:
+    def _data(self) -> tuple[BatchIterator, tuple[Images, torch.Tensor], tuple[Images, torch.Tensor]]:
+        """The training batches, the test split and the split each epoch is measured on: the held-out training
+        images when the recipe holds some out (so no epoch-by-epoch look at the test split can steer a choice),
+        else the test split."""
         r, acc = self.recipe, self.accelerator
-        (train_x, train_y), _ = training_and_holdout(r)
+        (train_x, train_y), holdout = training_and_holdout(r)
         test = load_split(r, "test", r.data.test_limit)
         transform = BatchAugment(self.spec.mean, self.spec.std, r.data.crop_padding, r.data.hflip)
         loader = BatchIterator(
             train_x, train_y, r.train.batch_size, transform, shuffle=True, augment=True, seed=r.train.seed,
             drop_last=True, rank=acc.process_index, world_size=acc.num_processes,
         )  # fmt: skip
-        return loader, test
+        return loader, test, holdout if r.data.holdout else test
 
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
@@ -295,7 +298,8 @@ class Trainer:
         if "OMP_NUM_THREADS" not in os.environ:  # share the cores between local processes unless told otherwise
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
         set_seed(r.train.seed)
-        loader, (test_x, test_y) = self._data()
+        loader, (test_x, test_y), (epoch_x, epoch_y) = self._data()
+        epoch_split = "val" if r.data.holdout else "test"
         model = self.build_model()
         self.objective_context.teacher = self.build_teacher()
         if r.train.channels_last:
@@ -346,12 +350,14 @@ class Trainer:
                 if self.state.global_step % r.train.checkpoint_every == 0:
                     save_state_atomically(acc, self.run_dir)
             metrics = accuracy(
-                predict_logits(acc.unwrap_model(model), test_x, self.spec.mean, self.spec.std, r.train.eval_batch_size),
-                test_y,
+                predict_logits(
+                    acc.unwrap_model(model), epoch_x, self.spec.mean, self.spec.std, r.train.eval_batch_size
+                ),
+                epoch_y,
             )
             train_loss = self.state.epoch_loss_sum / max(self.state.epoch_seen, 1)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "test_top1": metrics["top1"],
-                      "test_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
+            record = {"epoch": epoch + 1, "train_loss": train_loss, f"{epoch_split}_top1": metrics["top1"],
+                      f"{epoch_split}_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
                       "seconds": round(self.state.elapsed, 1)}  # fmt: skip
             self.state.history.append(record)
             self.state.epoch += 1

@@ -91,8 +91,10 @@ def _front_matter(config: dict[str, Any], hf_org: str) -> str:
 
 
 def _history_table(history: list[dict[str, Any]]) -> str:
-    rows = ["| epoch | train loss | test top-1 (%) | elapsed (s) |", "| --- | --- | --- | --- |"]
-    rows += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['test_top1']:.2f} | {h['seconds']} |" for h in history]
+    split = "val" if history and "val_top1" in history[0] else "test"  # val: the held-out training images
+    label = "held-out top-1 (%)" if split == "val" else "test top-1 (%)"
+    rows = [f"| epoch | train loss | {label} | elapsed (s) |", "| --- | --- | --- | --- |"]
+    rows += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h[f'{split}_top1']:.2f} | {h['seconds']} |" for h in history]
     return "\n".join(rows)
 
 
