@@ -104,3 +104,13 @@ def test_the_packed_training_conv_is_used_only_where_it_is_exact() -> None:
     assert not real_weights._runs_packed_in_training(x)  # two-step step 1: real weights, not a binary conv
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not conv.train()._runs_packed_in_training(x)
+
+
+def test_the_throughput_benchmark_times_both_paths_side_by_side() -> None:
+    from training.throughput import training_throughput
+
+    result = training_throughput(["resnet20_bnn"], batch=4, steps=2, size=16)
+    (row,) = result["rows"]
+    assert row["arch"] == "resnet20_bnn" and row["kernels_ms"] > 0 and row["torch_ms"] > 0
+    assert row["speedup"] == pytest.approx(row["torch_ms"] / row["kernels_ms"])
+    assert result["kernel_backend"] != "torch-fallback"
