@@ -32,7 +32,9 @@ FIRST_PARTY = {"zoo", "training", "hubconf", *(p.stem for p in SUITE_SOURCES)}
 NOT_DISTRIBUTED = {
     "_zoo_stub": "written by scripts/gpu_check.py at run time",
     "triton": "tests/test_cuda_kernel.py looks for the CUDA tools a triton wheel bundles, when one is installed",
-}
+    **dict.fromkeys(("larq_compute_engine", "tensorflow", "tf_keras"), "zoo/bench_lce_worker.py runs in a Python of "
+                    "its own (zoo bench kernels --lce-python): LCE 0.16.0 needs numpy<2, mlxtend NumPy 2"),
+}  # fmt: skip
 LOCATING_CALLS = {"find_spec", "importorskip"}  # f("module"): imports it only where it is called
 
 

@@ -138,38 +138,70 @@ def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _end_to_end_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+FP32_NCHW, FP32_CHANNELS_LAST = "torchvision resnet18 fp32 (NCHW)", "torchvision resnet18 fp32 (channels_last)"
+
+
+def _end_to_end_rows(
+    batches: tuple[int, ...], repeats: int, size: int = 224, lce_python: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The packed ``resnet18_sdbnn`` and ``resnet18_bireal`` beside torchvision's fp32 resnet18 and the peers of
+    ``zoo.bench_peers`` (int8, ONNX Runtime, Larq Compute Engine), all timed in the same turns on the same input;
+    returns (rows, what each peer is or why it was skipped)."""
+    import tempfile
+    from pathlib import Path
+
     import timm
     import torchvision
 
+    from zoo.bench_peers import bind_peers, build_peers, peers_summary
     from zoo.inference import to_inference
 
     bnn = timm.create_model("resnet18_sdbnn").eval()
     fast, dense = to_inference(bnn, channels_last=True), torchvision.models.resnet18().eval()
     unfolded = to_inference(bnn, channels_last=True, fold_bn=False)
+    bireal = to_inference(timm.create_model("resnet18_bireal").eval(), channels_last=True)
     dense_cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
-    rows = []
-    name = "resnet18_sdbnn packed, BN folded"
-    for batch in batches:
-        x = torch.randn(batch, 3, 224, 224)
-        with torch.inference_mode():
-            times = interleaved_burst_ms(
-                {
-                    name: lambda x=x: fast(x),
-                    "same BNN packed, BN not folded (no fused epilogue)": lambda x=x: unfolded(x),
-                    "torchvision resnet18 fp32 (NCHW)": lambda x=x: dense(x),
-                    "torchvision resnet18 fp32 (channels_last)": lambda x=x: dense_cl(x),
-                    "same BNN, fake-quant": lambda x=x: bnn(x),
-                },
-                rounds=max(3, repeats // (4 * batch)),
-            )
-        (ours, ours_first) = times.pop(name)
-        for label, (ms, first_ms) in times.items():
-            row = _row("end-to-end 224x224", name, batch, ours, label, ms)
-            row |= {"first_call_ms": round(ours_first, 4), "baseline_first_call_ms": round(first_ms, 4),
-                    "first_call_speedup": round(first_ms / ours_first, 2)}  # fmt: skip
-            rows.append(row)
-    return rows
+    name, bireal_name = "resnet18_sdbnn packed, BN folded", "resnet18_bireal packed, BN folded"
+    unfolded_name, fake_quant_name = "same BNN packed, BN not folded (no fused epilogue)", "same BNN, fake-quant"
+    rows, where = [], f"end-to-end {size}x{size}"
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-peers-") as workdir:
+        peers = build_peers(dense, torch.get_num_threads(), Path(workdir), lce_python, size)
+        labels = [peer.label for peer in peers]
+        compared = {name: [unfolded_name, FP32_NCHW, FP32_CHANNELS_LAST, fake_quant_name, *labels],
+                    bireal_name: [FP32_NCHW, FP32_CHANNELS_LAST, *labels]}  # fmt: skip
+        try:
+            for batch in batches:
+                x = torch.randn(batch, 3, size, size)
+                peer_calls, skipped = bind_peers(peers, x)
+                with torch.inference_mode():
+                    times = interleaved_burst_ms(
+                        {
+                            name: lambda x=x: fast(x),
+                            bireal_name: lambda x=x: bireal(x),
+                            unfolded_name: lambda x=x: unfolded(x),
+                            FP32_NCHW: lambda x=x: dense(x),
+                            FP32_CHANNELS_LAST: lambda x=x: dense_cl(x),
+                            fake_quant_name: lambda x=x: bnn(x),
+                            **peer_calls,
+                        },
+                        rounds=max(3, repeats // (4 * batch)),
+                    )
+                for ours, baselines in compared.items():
+                    ours_ms, ours_first = times[ours]
+                    for label in baselines:
+                        if label in skipped:
+                            rows.append({"group": where, "name": ours, "batch": batch, "baseline": label,
+                                         "skipped": skipped[label]})  # fmt: skip
+                            continue
+                        ms, first_ms = times[label]
+                        row = _row(where, ours, batch, ours_ms, label, ms)
+                        row |= {"first_call_ms": round(ours_first, 4), "baseline_first_call_ms": round(first_ms, 4),
+                                "first_call_speedup": round(first_ms / ours_first, 2)}  # fmt: skip
+                        rows.append(row)
+        finally:
+            for peer in peers:
+                peer.close()
+    return rows, peers_summary(peers)
 
 
 CUDA_BATCHES = (1, 256)  # the GPU comparison the kernels are built for: latency at batch 1, throughput at 256
@@ -247,18 +279,24 @@ def _checkpoint_sizes() -> dict[str, Any]:
 
 
 def bench_kernels(
-    threads: int | None = None, batches: tuple[int, ...] = (1, 32), repeats: int = 30, end_to_end: bool = True
+    threads: int | None = None,
+    batches: tuple[int, ...] = (1, 32),
+    repeats: int = 30,
+    end_to_end: bool = True,
+    lce_python: str | None = None,
 ) -> dict[str, Any]:
-    """Packed binary kernels vs fp32, measured side by side in this process."""
+    """Packed binary kernels vs fp32 and the peers of ``zoo.bench_peers``, measured side by side in this run
+    (``lce_python``: the Python that runs Larq Compute Engine, see ``zoo.bench_peers.lce_peer``)."""
     from zoo.kernels import kernel_backend
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     cpu, flags = _cpu_description()
-    rows = _layer_rows(batches, repeats)
+    rows, peers = _layer_rows(batches, repeats), None
     if end_to_end:
-        rows += _end_to_end_rows(batches, repeats)
+        end_to_end_rows, peers = _end_to_end_rows(batches, repeats, lce_python=lce_python)
+        rows += end_to_end_rows
     result = {
         "device": "cpu",
         "cpu": cpu,
@@ -268,10 +306,12 @@ def bench_kernels(
         "kernel_backend": kernel_backend(),
         "timing": "medians. Layer rows: repeated calls of one op. End-to-end rows: candidates in turns of 3 calls "
         "each; ms = the 2nd and 3rd calls (the model's data in the caches), first_call_ms = a turn's 1st call (after "
-        "the other candidates evicted them)",
+        "the other candidates evicted them); the peers (int8, ONNX Runtime, Larq Compute Engine) in the same turns",
         "rows": rows,
         "checkpoint_size": _checkpoint_sizes(),
     }
+    if peers is not None:
+        result["peers"] = peers
     if torch.cuda.is_available():
         from zoo.kernels import cuda as cuda_kernels
 

@@ -159,14 +159,19 @@ def _kernel_rows(rows: list[dict]) -> list[dict]:
         {"what": r["name"], "batch": r["batch"], "ms": f"{r['ms']:.3f}", "baseline": r["baseline"],
          "baseline ms": f"{r['baseline_ms']:.3f}", "speedup": f"{r['speedup']:.1f}x",
          "first-call speedup": f"{r['first_call_speedup']:.1f}x" if "first_call_speedup" in r else ""}
+        if "skipped" not in r else
+        {"what": r["name"], "batch": r["batch"], "ms": "", "baseline": r["baseline"], "baseline ms": "skipped",
+         "speedup": "", "first-call speedup": ""}
         for r in rows
     ]  # fmt: skip
 
 
 def cmd_bench_kernels(args: argparse.Namespace) -> None:
     from zoo.bench import bench_kernels
+    from zoo.bench_peers import peer_lines
 
-    result = bench_kernels(args.threads, tuple(args.batch or (1, 32)), args.repeats, end_to_end=not args.layers_only)
+    result = bench_kernels(args.threads, tuple(args.batch or (1, 32)), args.repeats, end_to_end=not args.layers_only,
+                           lce_python=args.lce_python)  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -175,6 +180,8 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
     print(_table(_kernel_rows(result["rows"]), ["what", "batch", "ms", "baseline", "baseline ms", "speedup",
                                                 "first-call speedup"]))  # fmt: skip
     print(f"timing: {result['timing']}")
+    if footnotes := peer_lines(result):
+        print("\n".join(footnotes))
     if "cuda" in result:
         gpu = result["cuda"]
         print(f"\n{gpu['device']} (CUDA {gpu['torch_cuda']}): {gpu.get('skipped') or gpu['timing']}")
@@ -256,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=200, help="data: batches to time")
     p.add_argument("--dataset", default="fashion_mnist", help="data: which dataset")
     p.add_argument("--layers-only", action="store_true", help="kernels: skip the end-to-end ResNet-18 rows")
+    p.add_argument("--lce-python", help="kernels: the Python that has larq-compute-engine (default: "
+                   "$ZOO_BENCH_LCE_PYTHON, else this one)")  # fmt: skip
     p.add_argument("--record", action="store_true", help="checkpoint: write the result into models/<id> (card, config)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
