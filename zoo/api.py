@@ -6,12 +6,12 @@ import difflib
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from zoo.errors import ConfigError, UnknownModelError
 from zoo.hub import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, resolve_source
+from zoo.models._config_fit import build_on_meta, describe_config
 from zoo.registry import load_manifest, manifest_entry
 
 #: The largest width, depth, class count or size a config.json may ask for (far above any zoo model's).
@@ -73,22 +73,20 @@ def check_config(config: dict[str, Any], where: str) -> None:
 
 
 def _check_param_count(config: dict[str, Any], where: str) -> None:
-    """Count the parameters the config asks for on the meta device (no memory), and refuse absurd models."""
-    kwargs = dict(config.get("model_args", {}))
-    if config.get("num_classes") is not None:
-        kwargs.setdefault("num_classes", config["num_classes"])
+    """Build the model the config describes on the meta device (no memory): refuse absurd parameter counts and
+    configs that cannot be built."""
     sizes: list[int] = []  # every parameter registered, counted even when the build fails part-way
 
     def count_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         if param is not None:
             sizes.append(param.numel())
 
+    build_error = None
     hook = register_module_parameter_registration_hook(count_parameter)
     try:
-        with torch.device("meta"):
-            timm.create_model(config["architecture"], pretrained=False, **kwargs)
-    except Exception:  # noqa: BLE001, S110 - the real build fails the same way, with its own message
-        pass
+        build_on_meta(describe_config(config, f"{where}/config.json"))
+    except ConfigError as err:
+        build_error = err
     finally:
         hook.remove()
     count = sum(sizes)
@@ -98,6 +96,8 @@ def _check_param_count(config: dict[str, Any], where: str) -> None:
             f"{config.get('model_args')}, num_classes {config.get('num_classes')}), above the zoo's bound of "
             f"{MAX_PARAMS:,}. Fix model_args/num_classes to describe the saved weights."
         )
+    if build_error is not None:
+        raise build_error
 
 
 def from_pretrained(source: str, **kwargs: Any) -> nn.Module:

@@ -292,27 +292,41 @@ def resolve_source(source: str) -> ResolvedCheckpoint:
     return resolve_registry(source)
 
 
-def load_verified_state_dict(pretrained_cfg: Any) -> dict[str, torch.Tensor]:
-    """The state dict a timm pretrained cfg points at, after its sha256 was checked."""
+def load_verified_checkpoint(pretrained_cfg: Any) -> tuple[dict[str, torch.Tensor], ResolvedCheckpoint | None]:
+    """The state dict a timm pretrained cfg points at, after its sha256 was checked, and the checkpoint folder it
+    was read from (None for a bare weights file given as ``pretrained_cfg.file``)."""
+    resolved = _resolve_pretrained(pretrained_cfg)
+    if resolved is None:
+        return _read_weights_file(pretrained_cfg), None
+    return resolved.load_state_dict(), resolved
+
+
+def _resolve_pretrained(pretrained_cfg: Any) -> ResolvedCheckpoint | None:
+    """The checkpoint folder of a timm pretrained cfg; None when it names a bare weights file."""
     if pretrained_cfg.source == "hf-hub":
         repo_id, revision = split_revision(pretrained_cfg.hf_hub_id)
-        return resolve_from_hub(repo_id, revision).load_state_dict()
+        return resolve_from_hub(repo_id, revision)
     if pretrained_cfg.source == "local-dir":
-        return resolve_local_dir(pretrained_cfg.file).load_state_dict()
-    expected = getattr(pretrained_cfg, "sha256", None)
+        return resolve_local_dir(pretrained_cfg.file)
     if pretrained_cfg.file:
-        path = Path(pretrained_cfg.file)
-        if not path.is_file():
-            raise WeightsNotFoundError(f"pretrained_cfg file '{path}' does not exist.")
-        refuse_pickle(path)
-        if expected:
-            verify_sha256(path, expected)
-        return read_safetensors(path)
-    if expected is None:
+        return None
+    if getattr(pretrained_cfg, "sha256", None) is None:
         arch = pretrained_cfg.architecture
         tags = sorted(e["id"] for e in load_manifest().values() if e["architecture"] == arch)
         raise WeightsNotFoundError(
             f"No released weights for '{arch}' with this tag. Released: {tags or 'none'}. "
             "Create it with pretrained=False, or pick a released id from `zoo list`."
         )
-    return resolve_registry(f"{pretrained_cfg.architecture}.{pretrained_cfg.tag}").load_state_dict()
+    return resolve_registry(f"{pretrained_cfg.architecture}.{pretrained_cfg.tag}")
+
+
+def _read_weights_file(pretrained_cfg: Any) -> dict[str, torch.Tensor]:
+    """``pretrained_cfg.file`` read as safetensors, after its sha256 (if the cfg records one) was checked."""
+    path = Path(pretrained_cfg.file)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"pretrained_cfg file '{path}' does not exist.")
+    refuse_pickle(path)
+    expected = getattr(pretrained_cfg, "sha256", None)
+    if expected:
+        verify_sha256(path, expected)
+    return read_safetensors(path)

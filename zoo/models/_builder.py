@@ -16,10 +16,11 @@ from timm.models._builder import resolve_pretrained_cfg
 from torch import nn
 
 from zoo.errors import ShapeMismatchError
-from zoo.hub import load_verified_state_dict
+from zoo.hub import ResolvedCheckpoint, load_verified_checkpoint
 from zoo.inference import unpack_binary_weights
+from zoo.models._config_fit import Described, describe, describe_config, fit_weights
 from zoo.models._input_check import install_input_check
-from zoo.registry import checkpoint_model_args, with_releases
+from zoo.registry import CONFIG_NAME, MANIFEST_PATH, checkpoint_model_args, with_releases
 
 _REMOTE_SOURCES = ("hf-hub", "local-dir")
 
@@ -96,9 +97,12 @@ def build_zoo_model(
             kwargs.setdefault("pretrained_model_args", released_args)
 
     load_cfg = pretrained_cfg
+    pretrained_filter_fn = pretrained_filter_fn or unpack_binary_weights
     if pretrained:
-        state_dict = load_verified_state_dict(pretrained_cfg)
-        load_cfg = dataclasses.replace(pretrained_cfg, state_dict=state_dict, source=None)
+        state_dict, resolved = load_verified_checkpoint(pretrained_cfg)
+        described = described_models(variant, pretrained_cfg, kwargs.get("pretrained_model_args") or {}, resolved)
+        fitted = [fit_weights(d, state_dict, pretrained_filter_fn) for d in described]
+        load_cfg = dataclasses.replace(pretrained_cfg, state_dict=fitted[0], source=None)
     feature_cfg = dict(feature_cfg or {})
     try:
         model = build_model_with_cfg(
@@ -108,7 +112,7 @@ def build_zoo_model(
             pretrained_cfg=load_cfg,
             feature_cfg=feature_cfg,
             pretrained_strict=True,
-            pretrained_filter_fn=pretrained_filter_fn or unpack_binary_weights,
+            pretrained_filter_fn=pretrained_filter_fn,
             **kwargs,
         )
     except RuntimeError as err:
@@ -121,3 +125,21 @@ def build_zoo_model(
         raise
     model.pretrained_cfg = model.default_cfg = pretrained_cfg.to_dict()
     return install_input_check(model)
+
+
+def described_models(
+    variant: str, pretrained_cfg: Any, model_args: dict[str, Any], resolved: ResolvedCheckpoint | None
+) -> list[Described]:
+    """Every model the weights must fit: the one the pretrained cfg and its ``model_args`` build (before the
+    caller's own arguments) and, for a registry id, the one the config.json stored beside the weights describes."""
+    if pretrained_cfg.source in _REMOTE_SOURCES:
+        where = f"{CONFIG_NAME} of {resolved.origin}"
+    elif resolved is not None:
+        where = f"the registry entry of '{variant}.{pretrained_cfg.tag}' ({MANIFEST_PATH.name})"
+    else:
+        where = f"the pretrained cfg of '{variant}' (weights {pretrained_cfg.file})"
+    built = describe(variant, pretrained_cfg.to_dict(), model_args, where)
+    if pretrained_cfg.source in _REMOTE_SOURCES or resolved is None:
+        return [built]  # a remote source's config.json is the one that was built
+    stored = describe_config(resolved.config, f"{CONFIG_NAME} of {resolved.origin}")
+    return [built] if stored.same_model(built) else [built, stored]
