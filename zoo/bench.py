@@ -50,7 +50,7 @@ KERNEL_LAYER_SHAPES = [  # (name, spatial size, channels) of 3x3, stride-1, pad-
     ("resnet20 14x14x32", 14, 32),
     ("resnet20 7x7x64", 7, 64),
 ]
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vpopcntdq", "avx2", "popcnt")
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vpopcntdq", "avx2", "popcnt", "avx512_vnni", "amx_int8")  # last 2: int8
 
 
 def median_ms(fn, repeats: int, sync=None) -> float:
