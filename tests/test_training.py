@@ -174,8 +174,15 @@ def test_a_parked_run_resumes_on_a_fresh_clone_bit_identically(mid_epoch_resume,
     assert restore_parked(fresh, parked_root) and not restore_parked(fresh, parked_root)  # its own state wins now
     fit(raw, fresh, _interrupting_trainer(at_step=2))  # would die at step 2 if it started over: it resumes at 3
     assert_same_weights(fresh / "final.safetensors", ref / "final.safetensors")
-    with pytest.raises(ValueError, match="has finished"):
-        park(fresh, parked_root)
+    park(fresh, parked_root)  # finished: its weights and result travel, for export on the next machine
+    assert sorted(p.name for p in (parked_root / "tiny").iterdir()) == [
+        "final.safetensors",
+        "metrics.jsonl",
+        "result.json",
+    ]
+    third = tmp_path / "machine3" / "runs" / "tiny"
+    assert restore_parked(third, parked_root) and (third / "result.json").is_file()
+    assert_same_weights(third / "final.safetensors", ref / "final.safetensors")
 
 
 def test_export_and_load(straight_run, tmp_path):

@@ -5,8 +5,9 @@ copies what a resume needs (``state/``, ``metrics.jsonl`` and the prune stage's 
 ``training/parked/<id>/``, which is committed; on a fresh clone ``python -m training.train <recipe>`` (or
 ``training.regenerate``) finds no ``runs/<id>/state``, restores the parked copy into ``runs/<id>/`` and continues
 from it, with the same numbers as a run that was never interrupted (the state holds the weights, optimizer,
-schedule, data order position and random generators). Park again before each stop; a finished run is exported
-instead (``python -m training.export``) and its parked copy deleted.
+schedule, data order position and random generators). Park again before each stop. A finished run parks its
+``final.safetensors`` and ``result.json`` instead, so a later machine can export it (``python -m training.export``)
+or use it as a ``run:`` teacher / parent; delete the parked copy once it is released.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 from training.trainer import STATE_DIR, latest_state
 
 PARKED_DIR = Path(__file__).with_name("parked")
+RESULT = "result.json"
 CARRIED = (STATE_DIR, "metrics.jsonl", "prune")
+FINISHED = ("final.safetensors", RESULT, "metrics.jsonl")
 #: A parked run is committed: keep it to small models (a ResNet-56 state is ~7 MB, a ResNet-20's ~2 MB).
 MAX_PARKED_BYTES = 32 * 2**20
 
@@ -28,13 +31,14 @@ def _size(path: Path) -> int:
 
 
 def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PARKED_BYTES) -> Path:
-    """Copy ``run_dir``'s resumable files to ``parked_root/<run name>`` (replaced whole, never half-written)."""
+    """Copy ``run_dir``'s resumable files (or, finished, its weights and result) to ``parked_root/<run name>``,
+    replaced whole, never half-written."""
+    finished = (run_dir / RESULT).is_file()
     state = latest_state(run_dir)
-    if state is None:
+    if state is None and not finished:
         raise FileNotFoundError(f"{run_dir}: no {STATE_DIR}/ to park (train first: python -m training.train ...)")
-    if (run_dir / "result.json").is_file():
-        raise ValueError(f"{run_dir} has finished (result.json): export it (python -m training.export {run_dir})")
-    items = {STATE_DIR: state, **{n: run_dir / n for n in CARRIED[1:] if (run_dir / n).exists()}}
+    carried = FINISHED if finished else CARRIED  # a finished run: its weights and record, for export or as a teacher
+    items = {n: (state if n == STATE_DIR else run_dir / n) for n in carried if n == STATE_DIR or (run_dir / n).exists()}
     total = sum(_size(p) for p in items.values())
     if total > max_bytes:
         raise ValueError(
@@ -55,9 +59,11 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PAR
 
 
 def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
-    """Copy a parked run into ``run_dir`` when ``run_dir`` has no state of its own; True if it did."""
+    """Copy a parked run into ``run_dir`` when ``run_dir`` has neither state nor result of its own; True if it did."""
     parked = parked_root / run_dir.name
-    if latest_state(run_dir) is not None or (run_dir / "result.json").is_file() or not (parked / STATE_DIR).is_dir():
+    if latest_state(run_dir) is not None or (run_dir / RESULT).is_file():
+        return False
+    if not (parked / STATE_DIR).is_dir() and not (parked / RESULT).is_file():
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(parked.iterdir()):
