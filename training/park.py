@@ -79,8 +79,14 @@ def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, help="e.g. runs/resnet20_bnn.fmnist")
+    parser.add_argument("--restore", action="store_true", help="copy the parked runs back into run_dirs instead")
     args = parser.parse_args(argv)
     for run_dir in args.run_dirs:
+        if args.restore:
+            done = restore_parked(run_dir)
+            print(f"{run_dir}: {'restored from' if done else 'kept as it is (it has its own state, or none is in)'} "
+                  f"{PARKED_DIR / run_dir.name}")  # fmt: skip
+            continue
         dest = park(run_dir)
         print(f"parked {run_dir} in {dest} ({_size(dest) / 2**20:.1f} MB): commit it; `python -m training.train "
               f"<recipe> --run-dir {run_dir}` resumes from it on a fresh clone")  # fmt: skip
