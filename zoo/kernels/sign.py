@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from zoo.kernels._build import kernels_disabled, load_extension
+from zoo.kernels.binary import _requested_isa  # the one place the ISA switch is read
 
 ESTIMATORS = ("ste", "approx", "tanh")
 
@@ -17,8 +18,6 @@ ESTIMATORS = ("ste", "approx", "tanh")
 def _extension_for(*tensors: torch.Tensor):
     if kernels_disabled() or any(t.device.type != "cpu" or t.dtype is not torch.float32 for t in tensors):
         return None
-    from zoo.kernels.binary import _requested_isa  # the one place the ISA switch is read
-
     if _requested_isa() == "torch":
         return None
     first = tensors[0]
