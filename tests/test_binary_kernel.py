@@ -458,3 +458,25 @@ def test_loaded_extension_comes_from_the_current_sources():
     if ext is None:
         pytest.skip("the C++ extension is not available here")
     assert Path(ext.__file__).parent == _build.build_dir()
+
+
+@pytest.mark.skipif(len(_KERNEL_ISAS) < 2, reason="needs two C++ ISA paths on this CPU")
+def test_one_packed_weight_serves_every_isa_path_in_turn(monkeypatch):
+    """The blocked layout differs per path (AVX2 reads nibble words) and is cached per layout: switching the ISA
+    in a running process gives the same exact result with the same packed weight."""
+    gen = torch.Generator().manual_seed(3)
+    x, w = torch.randn(2, 70, 9, 9, generator=gen), torch.randn(40, 70, 3, 3, generator=gen)
+    packed, want = zk.pack_weights(w), _reference(x, w, 1, 1)
+    for isa in [*_KERNEL_ISAS, *_KERNEL_ISAS]:
+        monkeypatch.setenv("ZOO_KERNEL_ISA", isa)
+        assert torch.equal(zk.binary_conv2d(x, packed, 40, 70, 3, 1, 1), want), isa
+
+
+@pytest.mark.skipif("avx2" not in _KERNEL_ISAS or len(_KERNEL_ISAS) < 3, reason="needs the AVX2 and AVX-512 paths")
+def test_weights_blocked_for_another_path_are_refused():
+    ext = _build.load_extension()
+    x, packed = torch.randn(1, 8, 5, 5), zk.pack_weights(torch.randn(4, 8, 3, 3))
+    blocked = ext.block_weights(packed, ext.isa_code("avx512"))
+    with pytest.raises(RuntimeError, match=r"on the avx2 path .*block_weights\(packed, isa\)"):
+        ext.binary_conv2d(x, None, blocked, 4, 8, 3, 3, 1, 1, 1, 1, ext.isa_code("avx2"))
+    assert ext.weight_layout(ext.isa_code("avx2")) == "nibbles" and ext.weight_layout(ext.isa_code("scalar")) == "words"

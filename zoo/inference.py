@@ -29,6 +29,7 @@ from torch import nn
 from zoo.errors import ShapeMismatchError
 from zoo.kernels import pack_weights, unpack_weights
 from zoo.kernels.binary import conv_geometry, fuses_asd_threshold, run_binary_conv2d
+from zoo.kernels.channels_last import affine_prelu, max_pool2d
 from zoo.nn import BinaryConv2d
 from zoo.nn.self_distribution import ActivationSelfDistribution, activation_shift
 
@@ -138,6 +139,59 @@ def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     return scale, bias
 
 
+class FoldedBatchNormAct(nn.Module):
+    """An eval-mode BatchNorm folded to its per-channel affine, then the PReLU that reads only its output (or nothing),
+    in one pass (:func:`zoo.kernels.channels_last.affine_prelu`): the full-precision stem of the ImageNet BNNs."""
+
+    def __init__(self, scale: torch.Tensor, bias: torch.Tensor, prelu_weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.register_buffer("prelu_weight", prelu_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return affine_prelu(x, self.scale, self.bias, self.prelu_weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.scale.numel()}, prelu={self.prelu_weight is not None}"
+
+
+class ChannelsLastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (dilation 1, floor mode, no indices) that runs the one-pass channels_last kernel where it can
+    (:func:`zoo.kernels.channels_last.max_pool2d`), bit for bit PyTorch's result."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pair = nn.modules.utils._pair
+        return max_pool2d(x, pair(self.kernel_size), pair(self.stride or self.kernel_size), pair(self.padding))
+
+
+def _fuse_max_pools(model: nn.Module) -> None:
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is not nn.MaxPool2d or _has_hooks(child):
+                continue
+            if child.dilation in (1, (1, 1)) and not child.ceil_mode and not child.return_indices:
+                fused = ChannelsLastMaxPool2d(child.kernel_size, child.stride, child.padding)
+                setattr(module, name, fused)
+
+
+def _fold_stem_batchnorms(model: nn.Module) -> None:
+    """Fold each (BN, activation) pair a module declares in ``bn_act_pairs`` (its promise that the activation reads
+    only the BN's output and nothing else does) into a :class:`FoldedBatchNormAct`, the activation becoming an
+    Identity; pairs with hooks, an activation other than PReLU / Identity or a BN that cannot fold stay."""
+    for module in model.modules():
+        for bn_name, act_name in getattr(module, "bn_act_pairs", ()):
+            bn, act = getattr(module, bn_name, None), getattr(module, act_name, None)
+            if bn is None or type(act) not in (nn.PReLU, nn.Identity) or _has_hooks(bn) or _has_hooks(act):
+                continue
+            terms = batchnorm_affine(bn)
+            if terms is None:
+                continue
+            slope = act.weight.detach().clone() if type(act) is nn.PReLU else None
+            setattr(module, bn_name, FoldedBatchNormAct(*terms, slope))
+            setattr(module, act_name, nn.Identity())
+
+
 def _fold_batchnorms(model: nn.Module) -> None:
     """Fold each BN a block declares in ``conv_bn_pairs`` into its packed conv and put an Identity in its place.
 
@@ -165,7 +219,9 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
     declares in ``conv_bn_pairs``) into the kernel's epilogue, ``fma(conv, scale, bias)`` with the scale and bias
     PyTorch's BN computes, and puts an ``nn.Identity`` in its place; a block's residual add and PReLU / Hardtanh after
     it run in the same epilogue (:func:`zoo.nn.residual_unit.conv_bn_add_act`): one pass over the output instead of
-    four. The affine rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then
+    four. A stem BN and the PReLU after it (pairs a model declares in ``bn_act_pairs``) become one
+    :class:`FoldedBatchNormAct` pass. Max-pools run the one-pass channels_last kernel (bit-exact, folded or not).
+    The affine rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then
     the folded form is bit-exact as well), otherwise it rounds twice and the two agree to float32 rounding (the tests
     allow rtol = atol = 1e-5 on the logits), so an activation within an ulp of a sign threshold may flip.
 
@@ -180,8 +236,10 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
         for child_name, child in list(module.named_children()):
             if isinstance(child, BinaryConv2d):
                 setattr(module, child_name, PackedBinaryConv2d(child))
+    _fuse_max_pools(model)
     if fold_bn:
         _fold_batchnorms(model)
+        _fold_stem_batchnorms(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

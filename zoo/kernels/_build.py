@@ -21,7 +21,10 @@ from types import ModuleType
 
 import torch
 
-_SOURCES = [Path(__file__).with_name("cpu") / name for name in ("binary_conv.cpp", "sign_estimators.cpp")]
+_SOURCES = [
+    Path(__file__).with_name("cpu") / name
+    for name in ("binary_conv.cpp", "sign_estimators.cpp", "channels_last_ops.cpp")
+]
 _NAME = "zoo_binary_conv_cpu"
 _CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unused-function"]
 

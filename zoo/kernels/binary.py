@@ -242,13 +242,14 @@ def unpack_activations(packed: torch.Tensor, channels: int) -> torch.Tensor:
 _blocked = DerivedWeightCache()
 
 
-def _blocked_weights(ext, packed: torch.Tensor) -> torch.Tensor:
-    """The kernel's blocked weight layout for ``packed``, cached per tensor object (invalidated by in-place edits).
+def _blocked_weights(ext, packed: torch.Tensor, isa_code: int) -> torch.Tensor:
+    """The kernel's blocked weight layout for ``packed`` on the ISA path ``isa_code`` (the AVX2 path reads nibble
+    words), cached per tensor object and layout (invalidated by in-place edits).
 
     Inference tensors (created under ``torch.inference_mode``) carry no version counter, so they are re-blocked at
     every call (a copy of the packed words); pack weights outside inference mode to get the cache.
     """
-    return _blocked.get(packed, None, lambda: ext.block_weights(packed))
+    return _blocked.get(packed, ext.weight_layout(isa_code), lambda: ext.block_weights(packed, isa_code))
 
 
 def binary_conv2d(
@@ -359,7 +360,7 @@ def run_binary_conv2d(
     if use_ext:
         lo, hi = (None, None) if clamp is None else clamp
         fc1, fc2 = (None, None) if asd_weights is None else asd_weights
-        blocked = _blocked_weights(ext, packed_weight)
+        blocked = _blocked_weights(ext, packed_weight, code)
         return ext.binary_conv2d(
             x.detach(), threshold, blocked, out_channels, in_channels, kh, kw, sh, sw, ph, pw, code, scale, bias,
             residual, prelu_weight, lo, hi, fc1, fc2,

@@ -100,6 +100,8 @@ class BiRealBlock(nn.Module):
 class BinaryImageNetResNet(BinaryClassifier):
     """1-bit Bi-Real ResNet for ImageNet with the parts of one method (``bireal``, ``sdbnn`` or ``ir2net``)."""
 
+    bn_act_pairs = (("bn1", "act1"),)  # the stem's BN feeds only act1 (zoo.inference folds the pair)
+
     def __init__(
         self,
         num_classes: int = 1000,

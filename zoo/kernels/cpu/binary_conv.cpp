@@ -7,9 +7,12 @@
 // Layouts (64-bit words, channel c of a pixel lives in word c / 64, bit c % 64; bits past C are 0):
 //   packed activations  [N, H, W, CW]      CW = ceil(C / 64)
 //   packed weights      [O, KH, KW, CW]    (OHWI along input channels)
-//   blocked weights     [nOB, K + T, NB]   T = KH*KW taps, K = T*CW words, NB = 8*NV output channels per block:
-//                       rows 0..K-1 hold word (tap, cw) of NB consecutive output channels (zero for channels >= O),
-//                       rows K..K+T-1 hold popcount(weight word run of that tap) for the padding correction.
+//   blocked weights     [nOB, R + T, NB]   T = KH*KW taps, K = T*CW words, NB = 8*NV output channels per block:
+//                       rows 0..R-1 hold word (tap, cw) of NB consecutive output channels (zero for channels >= O),
+//                       rows R..R+T-1 hold popcount(weight word run of that tap) for the padding correction.
+//                       R = K words, except on the AVX2 path (R = 2K): there every word is stored as its two nibble
+//                       words, word & 0x0F0F.. then (word >> 4) & 0x0F0F.. (see the AVX2 kernel), and the packed
+//                       activations are split the same way before the conv.
 //
 // Arithmetic: with a, w the bit words of a *valid* tap, sum over its C real channels of (+-1)(+-1) equals
 // C - 2*popcount(a ^ w) (the tail bits are 0 in both, so they never count). A padding tap reads a zero word run;
@@ -376,30 +379,62 @@ torch::Tensor pack_weights(const torch::Tensor& w) {
 
 int64_t lanes_for(int64_t O) { return 8 * std::min<int64_t>(4, ceil_div(O, 8)); }
 
-// packed [O, KH, KW, CW] -> blocked [nOB, K + T, NB] (see the header comment).
-torch::Tensor block_weights(const torch::Tensor& packed) {
+constexpr u64 kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
+
+// The AVX2 kernel reads every word as two nibble words (see the header comment).
+bool splits_nibbles(int64_t isa) { return isa == kAvx2; }
+
+// Word rows R of a weight block (before its T popcount rows) on a resolved ISA path.
+int64_t word_rows(int64_t isa, int64_t K) { return splits_nibbles(isa) ? 2 * K : K; }
+
+std::string weight_layout(int64_t isa) { return splits_nibbles(resolve_isa(isa)) ? "nibbles" : "words"; }
+
+// packed [O, KH, KW, CW] -> blocked [nOB, R + T, NB] for the ISA path `isa` (see the header comment).
+torch::Tensor block_weights(const torch::Tensor& packed, int64_t isa) {
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == torch::kLong && packed.device().is_cpu(),
               "zoo binary kernel: packed weights must be a CPU int64 tensor [O, KH, KW, CW], got ", packed.sizes(),
               " ", packed.scalar_type());
+  isa = resolve_isa(isa);
+  const bool nibbles = splits_nibbles(isa);
   const torch::Tensor p = packed.contiguous();
   const int64_t O = p.size(0), KH = p.size(1), KW = p.size(2), CW = p.size(3);
-  const int64_t T = KH * KW, K = T * CW, NB = lanes_for(O), nOB = ceil_div(O, NB);
-  torch::Tensor out = torch::zeros({nOB, K + T, NB}, torch::dtype(torch::kLong));
+  const int64_t T = KH * KW, K = T * CW, R = word_rows(isa, K), NB = lanes_for(O), nOB = ceil_div(O, NB);
+  torch::Tensor out = torch::zeros({nOB, R + T, NB}, torch::dtype(torch::kLong));
   const u64* src = reinterpret_cast<const u64*>(p.data_ptr<int64_t>());
   u64* dst = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
   for (int64_t o = 0; o < O; ++o) {
-    u64* blk = dst + (o / NB) * (K + T) * NB;
+    u64* blk = dst + (o / NB) * (R + T) * NB;
     const int64_t lane = o % NB;
     for (int64_t t = 0; t < T; ++t) {
       u64 pop = 0;
       for (int64_t cw = 0; cw < CW; ++cw) {
         const u64 word = src[(o * T + t) * CW + cw];
-        blk[(t * CW + cw) * NB + lane] = word;
+        const int64_t k = t * CW + cw;
+        if (nibbles) {
+          blk[(2 * k) * NB + lane] = word & kLowNibbles;
+          blk[(2 * k + 1) * NB + lane] = (word >> 4) & kLowNibbles;
+        } else {
+          blk[k * NB + lane] = word;
+        }
         pop += static_cast<u64>(__builtin_popcountll(word));
       }
-      blk[(K + t) * NB + lane] = pop;
+      blk[(R + t) * NB + lane] = pop;
     }
   }
+  return out;
+}
+
+// The AVX2 kernel's activation operand: every packed word as its two nibble words.
+torch::Tensor split_nibbles(const torch::Tensor& act) {
+  torch::Tensor out = torch::empty({act.numel() * 2}, torch::dtype(torch::kLong));
+  const u64* src = reinterpret_cast<const u64*>(act.data_ptr<int64_t>());
+  u64* dst = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
+  at::parallel_for(0, act.numel(), 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      dst[2 * i] = src[i] & kLowNibbles;
+      dst[2 * i + 1] = (src[i] >> 4) & kLowNibbles;
+    }
+  });
   return out;
 }
 
@@ -419,7 +454,8 @@ struct Geom {
   bool clamp;             // clamp to [lo, hi] last
   float lo, hi;
   const int64_t* tapoff;
-  int64_t N, H, W, CW, C, O, KH, KW, sh, sw, ph, pw, OH, OW, M, T, K, NB, nOB, G, nPB;
+  // PW: words per pixel of `act` (CW, or 2*CW split into nibble words); R: word rows of a weight block.
+  int64_t N, H, W, CW, PW, C, O, KH, KW, sh, sw, ph, pw, OH, OW, M, T, K, R, NB, nOB, G, nPB;
 };
 
 // Pointer table of MR output pixels starting at p0 (pixels past M repeat the last one and are never stored).
@@ -436,7 +472,7 @@ inline void build_ptrs(const Geom& g, int64_t p0, int MR, const u64** ptrs, int6
     }
     const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
     if (ih0 >= 0 && ih0 + g.KH <= g.H && iw0 >= 0 && iw0 + g.KW <= g.W) {
-      const u64* base = g.act + ((n * g.H + ih0) * g.W + iw0) * g.CW;
+      const u64* base = g.act + ((n * g.H + ih0) * g.W + iw0) * g.PW;
       for (int64_t t = 0; t < g.T; ++t) pj[t] = base + g.tapoff[t];
       nvalid[j] = g.T;
       border[j] = false;
@@ -447,7 +483,7 @@ inline void build_ptrs(const Geom& g, int64_t p0, int MR, const u64** ptrs, int6
         for (int64_t kw = 0; kw < g.KW; ++kw, ++t) {
           const int64_t iw = iw0 + kw;
           const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-          pj[t] = ok ? g.act + ((n * g.H + ih) * g.W + iw) * g.CW : g.zero;
+          pj[t] = ok ? g.act + ((n * g.H + ih) * g.W + iw) * g.PW : g.zero;
           cnt += ok;
         }
       }
@@ -476,7 +512,7 @@ inline float finish(const Geom& g, float v, int64_t p, int64_t o) {
 // Scalar store for one pixel and one block of NB lanes: acc[lane] = sum over all taps of popcount(a ^ w).
 inline void store_pixel(const Geom& g, const u64* const* pj, int64_t nvalid, bool border, const u64* wblk,
                         int64_t p, int64_t ob, u64* acc, int64_t lane0, int64_t nl) {
-  const u64* wpop = wblk + g.K * g.NB;
+  const u64* wpop = wblk + g.R * g.NB;
   if (border)
     for (int64_t t = 0; t < g.T; ++t)
       if (pj[t] == g.zero)
@@ -504,7 +540,7 @@ void conv_tasks_scalar(const Geom& g, int64_t tb, int64_t te) {
     build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
     const int64_t ob1 = std::min(g.nOB, (og + 1) * g.G);
     for (int64_t ob = og * g.G; ob < ob1; ++ob) {
-      const u64* wblk = g.wb + ob * (g.K + g.T) * g.NB;
+      const u64* wblk = g.wb + ob * (g.R + g.T) * g.NB;
       for (int j = 0; j < MR; ++j) {
         const int64_t p = pb * MR + j;
         if (p >= g.M) break;
@@ -522,7 +558,11 @@ void conv_tasks_scalar(const Geom& g, int64_t tb, int64_t te) {
   }
 }
 
-// ---- AVX2 path: 4 pixels x 8 channels (2 ymm) per tile, byte counters flushed with psadbw ------------------------
+// ---- AVX2 path: 4 pixels x 8 channels (2 ymm) per tile, nibble-LUT popcount, vector epilogue -----------------------
+// popcount(a ^ w) = sum over bytes of LUT[(a ^ w) & 15] + LUT[((a ^ w) >> 4) & 15]; the shift and masks distribute
+// over the XOR, so both operands come pre-split into nibble words (weights when blocked, activations once per call)
+// and the inner loop pays 6 vector ops per 4 words (2 XOR, 2 PSHUFB, 2 ADD) instead of 8. Byte counters gain <= 8 per
+// word and are flushed into 64-bit lanes with PSADBW before they can overflow.
 
 constexpr int kAvx2MR = 4;
 
@@ -531,44 +571,48 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
   std::vector<const u64*> ptrs(MR * g.T);
   int64_t nvalid[MR];
   bool border[MR];
-  alignas(32) u64 acc64[MR][8];
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2,
                                        3, 2, 3, 3, 4);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i zero = _mm256_setzero_si256();
+  const __m256 fzero = _mm256_setzero_ps(), lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
+  const int64_t T = g.T, CW = g.CW, NB = g.NB;
   for (int64_t task = tb; task < te; ++task) {
     const int64_t og = task / g.nPB, pb = task % g.nPB;
     build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
     const int64_t ob1 = std::min(g.nOB, (og + 1) * g.G);
     for (int64_t ob = og * g.G; ob < ob1; ++ob) {
-      const u64* wblk = g.wb + ob * (g.K + g.T) * g.NB;
-      for (int64_t sb = 0; sb < g.NB; sb += 8) {
-        if (ob * g.NB + sb >= g.O) break;
+      const u64* wblk = g.wb + ob * (g.R + T) * NB;
+      const u64* wpop = wblk + g.R * NB;
+      for (int64_t sb = 0; sb < NB; sb += 8) {
+        const int64_t o0 = ob * NB + sb;
+        if (o0 >= g.O) break;
         __m256i acc8[MR][2];
         __m256i acc[MR][2];
+#pragma GCC unroll 4
         for (int j = 0; j < MR; ++j) acc8[j][0] = acc8[j][1] = acc[j][0] = acc[j][1] = zero;
-        int budget = 31;  // a byte counter gains <= 8 per word: flush before 256
-        for (int64_t t = 0; t < g.T; ++t) {
+        int budget = 31;
+        for (int64_t t = 0; t < T; ++t) {
           const u64* pr[MR];
-          for (int j = 0; j < MR; ++j) pr[j] = ptrs[j * g.T + t];
-          const u64* wt = wblk + t * g.CW * g.NB + sb;
-          for (int64_t cw = 0; cw < g.CW; ++cw) {
-            const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + cw * g.NB));
-            const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + cw * g.NB + 4));
+#pragma GCC unroll 4
+          for (int j = 0; j < MR; ++j) pr[j] = ptrs[j * T + t];
+          const u64* wt = wblk + 2 * t * CW * NB + sb;
+          for (int64_t cw = 0; cw < CW; ++cw) {
+            const u64* wl = wt + 2 * cw * NB;
+            const __m256i wl0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl));
+            const __m256i wl1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + 4));
+            const __m256i wh0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + NB));
+            const __m256i wh1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + NB + 4));
 #pragma GCC unroll 4
             for (int j = 0; j < MR; ++j) {
-              const __m256i b = _mm256_set1_epi64x(static_cast<long long>(pr[j][cw]));
-              const __m256i x0 = _mm256_xor_si256(b, w0), x1 = _mm256_xor_si256(b, w1);
-              const __m256i c0 = _mm256_add_epi8(
-                  _mm256_shuffle_epi8(lut, _mm256_and_si256(x0, low4)),
-                  _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x0, 4), low4)));
-              const __m256i c1 = _mm256_add_epi8(
-                  _mm256_shuffle_epi8(lut, _mm256_and_si256(x1, low4)),
-                  _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x1, 4), low4)));
-              acc8[j][0] = _mm256_add_epi8(acc8[j][0], c0);
-              acc8[j][1] = _mm256_add_epi8(acc8[j][1], c1);
+              const __m256i bl = _mm256_set1_epi64x(static_cast<long long>(pr[j][2 * cw]));
+              const __m256i bh = _mm256_set1_epi64x(static_cast<long long>(pr[j][2 * cw + 1]));
+              acc8[j][0] = _mm256_add_epi8(acc8[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bl, wl0)));
+              acc8[j][1] = _mm256_add_epi8(acc8[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bl, wl1)));
+              acc8[j][0] = _mm256_add_epi8(acc8[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bh, wh0)));
+              acc8[j][1] = _mm256_add_epi8(acc8[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bh, wh1)));
             }
             if (--budget == 0) {
+#pragma GCC unroll 4
               for (int j = 0; j < MR; ++j)
                 for (int v = 0; v < 2; ++v) {
                   acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
@@ -578,15 +622,43 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
             }
           }
         }
-        for (int j = 0; j < MR; ++j)
-          for (int v = 0; v < 2; ++v) {
-            acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
-            _mm256_store_si256(reinterpret_cast<__m256i*>(&acc64[j][4 * v]), acc[j][v]);
-          }
+        // Epilogue: padding correction, out = C * valid_taps - 2 * popcount, exact int -> float32, then the steps
+        // of the header comment as 8-lane vector ops (the same IEEE operations as the scalar and AVX-512 paths).
+        const int64_t lanes = std::min<int64_t>(8, g.O - o0);
+        const __m256i lane_mask = avx2_tail_mask(lanes);
+        const __m256 sc = g.scale == nullptr ? fzero : _mm256_maskload_ps(g.scale + o0, lane_mask);
+        const __m256 bi = g.scale == nullptr ? fzero : _mm256_maskload_ps(g.bias + o0, lane_mask);
+        const __m256 sl = g.slope == nullptr ? fzero : _mm256_maskload_ps(g.slope + o0, lane_mask);
+#pragma GCC unroll 4
         for (int j = 0; j < MR; ++j) {
           const int64_t p = pb * MR + j;
           if (p >= g.M) break;
-          store_pixel(g, ptrs.data() + j * g.T, nvalid[j], border[j], wblk, p, ob, acc64[j], sb, 8);
+          for (int v = 0; v < 2; ++v) acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
+          if (border[j]) {
+            const u64* const* pj = ptrs.data() + j * T;
+            for (int64_t t = 0; t < T; ++t)
+              if (pj[t] == g.zero)
+                for (int v = 0; v < 2; ++v)
+                  acc[j][v] = _mm256_sub_epi64(
+                      acc[j][v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wpop + t * NB + sb + 4 * v)));
+          }
+          // The low 32 bits of the 2 x 4 int64 counts (all < 2^30), in channel order: per 128-bit lane the shuffle
+          // gives [a0 a1 b0 b1 | a2 a3 b2 b3], the permute puts the a's before the b's.
+          const __m256i counts = _mm256_permute4x64_epi64(
+              _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(acc[j][0]), _mm256_castsi256_ps(acc[j][1]),
+                                                    _MM_SHUFFLE(2, 0, 2, 0))),
+              _MM_SHUFFLE(3, 1, 2, 0));
+          const __m256i full = _mm256_set1_epi32(static_cast<int>(g.C * nvalid[j]));
+          __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(full, _mm256_slli_epi32(counts, 1)));
+          if (g.scale != nullptr) f = _mm256_fmadd_ps(f, sc, bi);
+          if (g.residual != nullptr) f = _mm256_add_ps(f, _mm256_maskload_ps(g.residual + p * g.O + o0, lane_mask));
+          if (g.slope != nullptr) f = _mm256_blendv_ps(_mm256_mul_ps(f, sl), f, _mm256_cmp_ps(f, fzero, _CMP_GT_OQ));
+          if (g.clamp) f = _mm256_min_ps(hi, _mm256_max_ps(lo, f));  // the second operand wins on NaN: NaN stays
+          float* op = g.out + p * g.O + o0;
+          if (lanes == 8)
+            _mm256_storeu_ps(op, f);
+          else
+            _mm256_maskstore_ps(op, lane_mask, f);
         }
       }
     }
@@ -617,7 +689,7 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
     build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
     const int64_t ob1 = std::min(g.nOB, (og + 1) * g.G);
     for (int64_t ob = og * g.G; ob < ob1; ++ob) {
-      const u64* wblk = g.wb + ob * (g.K + T) * NB;
+      const u64* wblk = g.wb + ob * (g.R + T) * NB;
       __m512i acc[MR][NV];
 #pragma GCC unroll 8
       for (int j = 0; j < MR; ++j)
@@ -642,7 +714,7 @@ ZOO_TARGET_AVX512 void conv_tasks_avx512(const Geom& g, int64_t tb, int64_t te) 
         }
       }
       // Epilogue: padding correction, out = C * valid_taps - 2 * popcount, exact int -> float32, [affine], NHWC store.
-      const u64* wpop = wblk + g.K * NB;
+      const u64* wpop = wblk + g.R * NB;
       const int64_t o0 = ob * NB, ocount = std::min<int64_t>(NB, g.O - o0);
       constexpr int NH = (NV + 1) / 2;  // 16-lane float vectors per pixel
       __m512 sc[NH], bi[NH], sl[NH];
@@ -766,17 +838,19 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   TORCH_CHECK(O >= 1 && C >= 1 && KH >= 1 && KW >= 1, "zoo binary kernel: bad sizes O=", O, " C=", C, " k=", KH,
               "x", KW);
   TORCH_CHECK(sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0, "zoo binary kernel: stride must be >= 1 and padding >= 0");
-  const int64_t CW = ceil_div(C, 64), T = KH * KW, K = T * CW, NB = lanes_for(O), nOB = ceil_div(O, NB);
+  isa = resolve_isa(isa);
+  const int64_t CW = ceil_div(C, 64), T = KH * KW, K = T * CW, R = word_rows(isa, K), NB = lanes_for(O);
+  const int64_t nOB = ceil_div(O, NB);
   TORCH_CHECK(act.size(3) == CW, "zoo binary kernel: packed activations hold ", act.size(3), " words per pixel, ",
               "in_channels=", C, " needs ", CW);
-  TORCH_CHECK(wblocked.size(0) == nOB && wblocked.size(1) == K + T && wblocked.size(2) == NB,
+  TORCH_CHECK(wblocked.size(0) == nOB && wblocked.size(1) == R + T && wblocked.size(2) == NB,
               "zoo binary kernel: blocked weights ", wblocked.sizes(), " do not match O=", O, " C=", C, " kernel ", KH,
-              "x", KW, " (expected [", nOB, ", ", K + T, ", ", NB, "])");
+              "x", KW, " on the ", isa_name(isa), " path (expected [", nOB, ", ", R + T, ", ", NB,
+              "]; block_weights(packed, isa) gives the layout of that ISA path)");
   TORCH_CHECK(C * T < (int64_t{1} << 30), "zoo binary kernel: in_channels*KH*KW must be < 2^30, got ", C * T);
-  isa = resolve_isa(isa);
-  const torch::Tensor a = act.contiguous();
+  const torch::Tensor a = splits_nibbles(isa) ? split_nibbles(act.contiguous()) : act.contiguous();
   const torch::Tensor wb = wblocked.contiguous();
-  const int64_t N = a.size(0), H = a.size(1), W = a.size(2);
+  const int64_t N = act.size(0), H = act.size(1), W = act.size(2), PW = splits_nibbles(isa) ? 2 * CW : CW;
   const int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
   TORCH_CHECK(H + 2 * ph >= KH && W + 2 * pw >= KW, "zoo binary kernel: input ", H, "x", W, " with padding ", ph,
               ",", pw, " is smaller than the kernel ", KH, "x", KW);
@@ -786,10 +860,10 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   const int64_t M = N * OH * OW;
   if (M == 0) return out.permute({0, 3, 1, 2});
 
-  std::vector<u64> zero(CW, 0);
+  std::vector<u64> zero(PW, 0);
   std::vector<int64_t> tapoff(T);
   for (int64_t kh = 0; kh < KH; ++kh)
-    for (int64_t kw = 0; kw < KW; ++kw) tapoff[kh * KW + kw] = (kh * W + kw) * CW;
+    for (int64_t kw = 0; kw < KW; ++kw) tapoff[kh * KW + kw] = (kh * W + kw) * PW;
 
   Geom g;
   g.act = reinterpret_cast<const u64*>(a.data_ptr<int64_t>());
@@ -808,6 +882,7 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   g.H = H;
   g.W = W;
   g.CW = CW;
+  g.PW = PW;
   g.C = C;
   g.O = O;
   g.KH = KH;
@@ -821,12 +896,13 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   g.M = M;
   g.T = T;
   g.K = K;
+  g.R = R;
   g.NB = NB;
   g.nOB = nOB;
   // Output-channel blocks are grouped so that one group's weights (<= 24 KiB) stay in L1 while a thread walks the
   // pixel blocks; the pointer table of a pixel block is reused across the blocks of its group. Groups are of equal
   // size (4 blocks in groups of 3 and 1 made ResNet-18's stage-2 conv ~35% slower than groups of 2 and 2).
-  const int64_t group_max = std::max<int64_t>(1, 24576 / ((K + T) * NB * 8));
+  const int64_t group_max = std::max<int64_t>(1, 24576 / ((R + T) * NB * 8));
   g.G = ceil_div(nOB, ceil_div(nOB, group_max));
   const int MR = pixel_block(isa, NB);
   g.nPB = ceil_div(M, MR);
@@ -915,14 +991,16 @@ std::vector<std::string> available_isas() {
 
 }  // namespace
 
-void register_sign_estimators(pybind11::module_& m);  // sign_estimators.cpp: the training-time sign kernels
+void register_sign_estimators(pybind11::module_& m);    // sign_estimators.cpp: the training-time sign kernels
+void register_channels_last_ops(pybind11::module_& m);  // channels_last_ops.cpp: stem affine / PReLU, max-pool
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace pybind11::literals;
   m.doc() = "zoo binary conv2d CPU kernels (packed XOR-popcount, AVX-512 VPOPCNTDQ / AVX2 / scalar)";
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("pack_weights", &pack_weights, "weight"_a, nogil);
-  m.def("block_weights", &block_weights, "packed"_a, nogil);
+  m.def("block_weights", &block_weights, "packed"_a, "isa"_a = int64_t{kAuto}, nogil);
+  m.def("weight_layout", &weight_layout, "isa"_a);
   m.def("pack_activations", &pack_activations, "x"_a, "threshold"_a, "isa"_a, nogil);
   const auto none = pybind11::none();
   m.def("asd_threshold", &asd_threshold, "x"_a, "fc1"_a, "fc2"_a, nogil);
@@ -943,4 +1021,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK(false, "zoo binary kernel: unknown ISA '", name, "' (use auto, scalar, avx2, avx512)");
   });
   register_sign_estimators(m);
+  register_channels_last_ops(m);
 }

@@ -1,0 +1,118 @@
+"""The one-pass channels_last ops around the binary units: max-pool bit for bit PyTorch's, the stem's folded BN +
+PReLU the single-rounding affine of the binary kernels' epilogue, on every ISA path; and their place in
+``to_inference``."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+import zoo.kernels as zk
+from zoo.inference import ChannelsLastMaxPool2d, FoldedBatchNormAct
+from zoo.kernels import _build
+from zoo.kernels.binary import _apply_epilogue
+from zoo.kernels.channels_last import affine_prelu, max_pool2d
+
+_ISAS = {"scalar": 1, "avx2": 2, "avx512-vpopcntdq": 3}
+CPU_PATHS = [name for name in _ISAS if name in zk.available_isas()]
+
+
+def _awkward(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Random channels_last values with NaN, ±inf and both zeros planted."""
+    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+    x[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, float("-inf")])[: min(4, w)]
+    x[-1, -1, -1, -1] = 0.0
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaNs in the same places and the same sign bits (so -0.0 != +0.0)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(
+        a.nan_to_num().view(torch.int32), b.nan_to_num().view(torch.int32)
+    )
+
+
+@pytest.mark.skipif(not CPU_PATHS, reason="the C++ extension is not available here")
+@pytest.mark.parametrize("isa", CPU_PATHS)
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((1, 64, 112, 112), (3, 3), (2, 2), (1, 1)),
+        ((2, 5, 9, 7), (3, 3), (2, 2), (1, 1)),
+        ((3, 17, 8, 8), (2, 2), (2, 2), (0, 0)),
+        ((1, 3, 5, 6), (3, 2), (1, 2), (1, 0)),
+        ((2, 9, 4, 4), (4, 4), (3, 1), (2, 2)),
+    ],
+)
+def test_max_pool_is_pytorchs_bit_for_bit(isa, shape, kernel, stride, padding) -> None:
+    ext = _build.load_extension()
+    x = _awkward(*shape, seed=sum(shape))
+    x[0, 1 % shape[1]] = -0.0  # a window of -0.0 and +0.0 keeps the first
+    x[0, 1 % shape[1], 0, 0] = 0.0
+    got = ext.max_pool2d(x, *kernel, *stride, *padding, _ISAS[isa])
+    want = F.max_pool2d(x, kernel, stride, padding)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert _same(got, want)
+
+
+@pytest.mark.skipif(not CPU_PATHS, reason="the C++ extension is not available here")
+@pytest.mark.parametrize("isa", CPU_PATHS)
+@pytest.mark.parametrize("c, slopes", [(64, 64), (13, 1), (8, None), (3, 3)])
+def test_affine_prelu_is_the_epilogues_single_rounding(isa, c, slopes) -> None:
+    ext = _build.load_extension()
+    gen = torch.Generator().manual_seed(c)
+    x = _awkward(2, c, 5, 6, seed=c)
+    scale, bias = torch.randn(c, generator=gen), torch.randn(c, generator=gen)
+    slope = None if slopes is None else torch.randn(slopes, generator=gen)
+    got = ext.affine_prelu(x, scale, bias, slope, _ISAS[isa])
+    affine = (x.double() * scale.double()[:, None, None] + bias.double()[:, None, None]).float()
+    want = affine if slope is None else F.prelu(affine, slope)
+    # float64 then float32 is a double rounding, the kernel's FMA a single one: they may differ by an ulp
+    torch.testing.assert_close(got, want, rtol=1.2e-7, atol=0, equal_nan=True)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_ops_fall_back_to_pytorch_elsewhere(monkeypatch) -> None:
+    x = torch.randn(2, 6, 9, 9)  # NCHW: not the kernel's layout
+    assert torch.equal(max_pool2d(x, (3, 3), (2, 2), (1, 1)), F.max_pool2d(x, 3, 2, 1))
+    scale, bias, slope = torch.randn(6), torch.randn(6), torch.randn(6)
+    assert torch.equal(affine_prelu(x, scale, bias, slope), _apply_epilogue(x, scale, bias, None, slope, None))
+    monkeypatch.setenv("ZOO_DISABLE_KERNELS", "1")
+    y = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(max_pool2d(y, (3, 3), (2, 2), (1, 1)), F.max_pool2d(y, 3, 2, 1))
+
+
+def test_channels_last_ops_refuse_what_they_cannot_compute() -> None:
+    ext = _build.load_extension()
+    if ext is None:
+        pytest.skip("the C++ extension is not available here")
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="channels_last memory format"):
+        ext.max_pool2d(x.contiguous(), 3, 3, 2, 2, 1, 1, 0)
+    with pytest.raises(RuntimeError, match="padding <= kernel / 2"):
+        ext.max_pool2d(x, 3, 3, 2, 2, 2, 2, 0)
+    with pytest.raises(RuntimeError, match="prelu_weight must be float32 on the CPU with 1 or 4"):
+        ext.affine_prelu(x, torch.ones(4), torch.zeros(4), torch.ones(3), 0)
+
+
+@pytest.mark.parametrize("arch", ["resnet18_bireal", "resnet18_sdbnn"])
+def test_imagenet_bnn_stem_is_folded_and_its_max_pool_fused(arch) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    fast = zoo.to_inference(model, channels_last=True)
+    assert isinstance(fast.bn1, FoldedBatchNormAct) and isinstance(fast.act1, nn.Identity)
+    assert isinstance(fast.maxpool, ChannelsLastMaxPool2d)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+        exact = zoo.to_inference(model, fold_bn=False)  # the max-pool kernel is exact: still the fake-quant logits
+        assert isinstance(exact.maxpool, ChannelsLastMaxPool2d) and isinstance(exact.bn1, nn.BatchNorm2d)
+        assert torch.equal(exact(x), model(x))

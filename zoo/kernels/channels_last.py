@@ -1,0 +1,49 @@
+"""Full-precision inference ops around the binary units, one pass over memory each for float32 channels_last CPU
+tensors (C++ in ``cpu/channels_last_ops.cpp``, part of the binary kernels' extension), PyTorch ops elsewhere.
+
+:func:`affine_prelu` is a folded eval-mode BatchNorm's ``fma(x, scale, bias)`` followed by PReLU (the stem of the
+ImageNet BNNs: PyTorch runs the two as two passes); :func:`max_pool2d` is PyTorch's max-pool bit for bit without the
+int64 index tensor that ``aten::max_pool2d_with_indices`` writes even when nobody asks for it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zoo.kernels.binary import _ISA_CODES, _apply_epilogue, _select
+
+
+def _kernel_for(x: torch.Tensor):
+    """(extension, ISA code) when the C++ op takes ``x``, else (None, 0)."""
+    ext, code = _select()
+    takes = (
+        ext is not None
+        and x.device.type == "cpu"
+        and x.dtype is torch.float32
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+    return (ext, code) if takes else (None, 0)
+
+
+def affine_prelu(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, prelu_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``prelu(fma(x, scale[c], bias[c]), prelu_weight)`` per channel (no PReLU for ``prelu_weight=None``), the same
+    single-rounding affine as the binary kernels' epilogue. ``scale``, ``bias``: float32 ``[C]``; ``prelu_weight``:
+    1 or C elements. The C++ op runs where the CPU has FMA (std::fma is a libm call per element without it)."""
+    ext, code = _kernel_for(x)
+    if ext is not None and code != _ISA_CODES["scalar"] and "avx2" in ext.available_isas():
+        return ext.affine_prelu(x, scale, bias, prelu_weight, code)
+    return _apply_epilogue(x, scale, bias, None, prelu_weight, None)
+
+
+def max_pool2d(
+    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """``F.max_pool2d(x, kernel_size, stride, padding)`` (dilation 1, floor mode), bit for bit."""
+    ext, code = _kernel_for(x)
+    if ext is None:
+        return F.max_pool2d(x, kernel_size, stride, padding)
+    return ext.max_pool2d(x, *kernel_size, *stride, *padding, code)

@@ -1,0 +1,164 @@
+// Full-precision inference ops around the binary units, for float32 channels_last (NHWC) tensors: one pass over
+// memory each, where PyTorch's take two (a BN then a PReLU) or also write an int64 index per output (max-pool).
+//
+//   affine_prelu(x, scale, bias, slope)  out = fma(x, scale[c], bias[c]); out = out > 0 ? out : slope[c] * out
+//                                         (a folded eval-mode BN, as the binary kernel's epilogue applies it, then
+//                                         PReLU; without a slope the affine alone)
+//   max_pool2d(x, k, s, p)                PyTorch's max_pool2d (dilation 1, floor mode): the maximum over the window's
+//                                         valid taps, a NaN tap makes the output NaN; bit-exact, max rounds nothing
+//
+// The loops run along channels and are vectorised by the compiler; the AVX2+FMA build is used where the CPU has it
+// and the caller did not force the scalar path (std::fma is a single rounding either way).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+
+namespace {
+
+constexpr int64_t kScalarIsa = 1;  // zoo.kernels.binary's ISA codes: 0 auto, 1 scalar, 2 avx2, 3 avx512
+
+bool use_avx2(int64_t isa) {
+  return isa != kScalarIsa && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+void check_nhwc_float(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 4,
+              "zoo channels_last op: expected a float32 CPU (N, C, H, W) tensor, got ", x.scalar_type(), " ",
+              x.sizes(), " on ", x.device());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "zoo channels_last op: the input must be in channels_last memory format");
+}
+
+torch::Tensor channel_vector(const torch::Tensor& t, int64_t C, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && (t.numel() == C || t.numel() == 1),
+              "zoo channels_last op: ", name, " must be float32 on the CPU with 1 or ", C, " elements, got ",
+              t.sizes());
+  return t.reshape({-1}).expand({C}).contiguous();
+}
+
+struct AffineArgs {
+  const float* x;
+  float* out;
+  const float* scale;
+  const float* bias;
+  const float* slope;  // nullptr: no PReLU
+  int64_t C;
+};
+
+inline __attribute__((always_inline)) void affine_prelu_rows(const AffineArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* src = a.x + r * a.C;
+    float* dst = a.out + r * a.C;
+    if (a.slope == nullptr) {
+      for (int64_t c = 0; c < a.C; ++c) dst[c] = std::fma(src[c], a.scale[c], a.bias[c]);
+    } else {
+      for (int64_t c = 0; c < a.C; ++c) {
+        const float v = std::fma(src[c], a.scale[c], a.bias[c]);
+        dst[c] = v > 0.0f ? v : a.slope[c] * v;
+      }
+    }
+  }
+}
+
+// Explicit vectors: GCC does not vectorise std::fma, and the scalar loop calls libm's fmaf per element.
+__attribute__((target("avx2,fma"))) void affine_prelu_rows_avx2(const AffineArgs& a, int64_t r0, int64_t r1) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* src = a.x + r * a.C;
+    float* dst = a.out + r * a.C;
+    int64_t c = 0;
+    for (; c + 8 <= a.C; c += 8) {
+      __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(src + c), _mm256_loadu_ps(a.scale + c), _mm256_loadu_ps(a.bias + c));
+      if (a.slope != nullptr)
+        v = _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_loadu_ps(a.slope + c)), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+      _mm256_storeu_ps(dst + c, v);
+    }
+    for (; c < a.C; ++c) {
+      const float v = std::fma(src[c], a.scale[c], a.bias[c]);
+      dst[c] = a.slope == nullptr || v > 0.0f ? v : a.slope[c] * v;
+    }
+  }
+}
+
+torch::Tensor affine_prelu(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& bias,
+                           const std::optional<torch::Tensor>& slope, int64_t isa) {
+  check_nhwc_float(x);
+  const int64_t C = x.size(1);
+  const torch::Tensor s = channel_vector(scale, C, "scale"), b = channel_vector(bias, C, "bias");
+  const torch::Tensor sl = slope.has_value() ? channel_vector(*slope, C, "prelu_weight") : torch::Tensor();
+  torch::Tensor out = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const AffineArgs a{x.data_ptr<float>(), out.data_ptr<float>(), s.data_ptr<float>(), b.data_ptr<float>(),
+                     sl.defined() ? sl.data_ptr<float>() : nullptr, C};
+  const bool avx2 = use_avx2(isa);
+  const int64_t rows = x.numel() / std::max<int64_t>(C, 1);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    avx2 ? affine_prelu_rows_avx2(a, r0, r1) : affine_prelu_rows(a, r0, r1);
+  });
+  return out;
+}
+
+struct PoolArgs {
+  const float* x;
+  float* out;
+  int64_t H, W, C, OH, OW, kh, kw, sh, sw, ph, pw;
+};
+
+// Output rows (n, oh) r0..r1; per output pixel the window's valid taps, channels innermost.
+inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int64_t r0, int64_t r1) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.OH, oh = r % a.OH;
+    const int64_t ih0 = std::max<int64_t>(oh * a.sh - a.ph, 0), ih1 = std::min(oh * a.sh - a.ph + a.kh, a.H);
+    for (int64_t ow = 0; ow < a.OW; ++ow) {
+      const int64_t iw0 = std::max<int64_t>(ow * a.sw - a.pw, 0), iw1 = std::min(ow * a.sw - a.pw + a.kw, a.W);
+      float* dst = a.out + (r * a.OW + ow) * a.C;
+      for (int64_t c = 0; c < a.C; ++c) dst[c] = lowest;
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const float* src = a.x + ((n * a.H + ih) * a.W + iw) * a.C;
+          for (int64_t c = 0; c < a.C; ++c) {
+            const float v = src[c];
+            dst[c] = (v > dst[c] || v != v) ? v : dst[c];
+          }
+        }
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, int64_t r0, int64_t r1) {
+  max_pool_rows(a, r0, r1);
+}
+
+torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                         int64_t pw, int64_t isa) {
+  check_nhwc_float(x);
+  TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
+              "zoo channels_last op: max_pool2d needs kernel, stride >= 1 and 0 <= padding <= kernel / 2, got kernel ",
+              kh, "x", kw, " stride ", sh, "x", sw, " padding ", ph, "x", pw);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(H + 2 * ph >= kh && W + 2 * pw >= kw, "zoo channels_last op: input ", H, "x", W,
+              " is smaller than the pooling window");
+  const int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1;
+  torch::Tensor out = torch::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const PoolArgs a{x.data_ptr<float>(), out.data_ptr<float>(), H, W, C, OH, OW, kh, kw, sh, sw, ph, pw};
+  const bool avx2 = use_avx2(isa);
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, 4096 / std::max<int64_t>(OW * C, 1)), [&](int64_t r0, int64_t r1) {
+    avx2 ? max_pool_rows_avx2(a, r0, r1) : max_pool_rows(a, r0, r1);
+  });
+  return out;
+}
+
+}  // namespace
+
+void register_channels_last_ops(pybind11::module_& m) {
+  using namespace pybind11::literals;
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("affine_prelu", &affine_prelu, "x"_a, "scale"_a, "bias"_a, "prelu_weight"_a, "isa"_a, nogil);
+  m.def("max_pool2d", &max_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
+}
