@@ -101,6 +101,15 @@ def test_missing_packages_skip_their_peer_and_name_the_extra(monkeypatch, tmp_pa
         peer.close()
 
 
+def test_under_an_isa_cap_the_peers_that_cannot_be_held_to_it_are_skipped_with_why(tmp_path):
+    peers = {p.label: p for p in build_peers(torchvision.models.resnet18().eval(), 1, tmp_path, NO_PYTHON, 32, "avx2")}
+    assert peers[INT8].skipped is None  # FBGEMM honours FBGEMM_ENABLE_INSTRUCTIONS
+    for label in (ORT, LCE):
+        assert "cannot be held to avx2" in peers[label].skipped and "without --isa" in peers[label].skipped
+    for peer in peers.values():
+        peer.close()
+
+
 def test_footnotes_name_a_peer_skipped_at_one_batch_only():
     skipped_row = {"name": OURS[0], "batch": 32, "baseline": "odd peer", "skipped": "RuntimeError: too big"}
     lines = peer_lines({"peers": {"odd peer": {"note": "what it is"}}, "rows": [skipped_row]})

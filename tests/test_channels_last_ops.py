@@ -116,3 +116,28 @@ def test_imagenet_bnn_stem_is_folded_and_its_max_pool_fused(arch) -> None:
         exact = zoo.to_inference(model, fold_bn=False)  # the max-pool kernel is exact: still the fake-quant logits
         assert isinstance(exact.maxpool, ChannelsLastMaxPool2d) and isinstance(exact.bn1, nn.BatchNorm2d)
         assert torch.equal(exact(x), model(x))
+
+
+def test_stem_pass_overwrites_only_a_temporary_nobody_else_keeps() -> None:
+    model = timm.create_model("resnet18_bireal", num_classes=10).eval()
+    fast = zoo.to_inference(model, channels_last=True)
+    assert fast.bn1.inplace
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        stem = fast.conv1(x)
+        kept = stem.clone()
+        out = fast.bn1(stem)
+        assert out.data_ptr() == stem.data_ptr() or not _build.load_extension()  # written over the conv's output
+        fast.bn1.inplace = False
+        assert torch.equal(fast.bn1(kept.clone()), out)
+    seen = []
+    model.conv1.register_forward_hook(lambda module, args, output: seen.append(output))
+    hooked = zoo.to_inference(model, channels_last=True)
+    assert not hooked.bn1.inplace  # a hook may keep the conv's output: it must stay as the hook saw it
+    with torch.no_grad():
+        hooked(x)
+    assert torch.equal(seen[-1], hooked.conv1(x))
+    grad_in = kept.clone().requires_grad_()
+    fast.bn1.inplace = True
+    fast.bn1(grad_in)  # autograd records the input: never overwritten
+    assert torch.equal(grad_in.detach(), kept)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.bench import interleaved_burst_ms
+from zoo.bench import AVX2_CAPS, ISA_CAP_ENV, interleaved_burst_ms, isa_cap_environment
 from zoo.cli import main
 from zoo.data import load_dataset
 from zoo.registry import load_manifest
@@ -138,6 +138,7 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     main(["bench", "kernels", "--layers-only", "--batch", "1", "--repeats", "2", "--threads", "1", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["threads"] == 1 and result["kernel_backend"]
+    assert result["isa_cap"] is None
     assert ("cuda" in result) == torch.cuda.is_available()
     assert {r["name"] for r in result["rows"]} >= {"resnet18 stage1 56x56x64", "resnet20 28x28x16"}
     for row in result["rows"]:
@@ -146,6 +147,26 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
     for arch, fp32 in sizes["packed"].items():
         assert 0 < sizes["packed_float16_head"][arch]["bytes"] < fp32["bytes"]
         assert fp32["times_smaller"] == pytest.approx(sizes["torchvision resnet18 fp32 bytes"] / fp32["bytes"], 0.01)
+
+
+def test_bench_kernels_isa_avx2_reruns_itself_in_a_process_held_to_avx2(monkeypatch):
+    """The caps act when ATen, oneDNN and FBGEMM start, so the command re-runs in a fresh process that has them."""
+    monkeypatch.delenv(ISA_CAP_ENV, raising=False)
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    argv = ["bench", "kernels", "--isa", "avx2", "--layers-only", "--json"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 3  # the child's status is the command's
+    assert seen["cmd"] == [sys.executable, "-m", "zoo.cli", *argv]
+    assert {k: seen["env"][k] for k in AVX2_CAPS} == AVX2_CAPS and seen["env"][ISA_CAP_ENV] == "avx2"
+    with pytest.raises(ValueError, match="--isa takes avx2"):
+        isa_cap_environment("avx512")
 
 
 def test_bench_kernels_table_adds_the_gpu_rows_when_there_is_a_gpu(capsys, monkeypatch):

@@ -80,7 +80,7 @@ def test_folded_batchnorms_match_fake_quant(arch: str) -> None:
     assert pairs and all(isinstance(conv, PackedBinaryConv2d) for conv, _ in pairs)
     assert all(conv.bn_scale is not None and isinstance(bn, nn.Identity) for conv, bn in pairs)  # no BN left after
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    stems = sum(len(getattr(m, "bn_act_pairs", ())) for m in model.modules())  # stem BN + PReLU, folded together
+    stems = sum(len(getattr(m, "conv_bn_act_units", ())) for m in model.modules())  # stem BN + PReLU, folded
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == bns - len(pairs) - stems
     x = torch.randn(8, 1, _size(arch), _size(arch))
     with torch.inference_mode():

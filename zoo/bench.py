@@ -106,6 +106,29 @@ def interleaved_burst_ms(
     return {name: (1e3 * statistics.median(steady[name]), 1e3 * statistics.median(first[name])) for name in fns}
 
 
+# `zoo bench kernels --isa avx2`: every library in the comparison held to AVX2 on a CPU that has more, the stand-in
+# for an AVX2-only machine (read at process start by ATen and at first use by oneDNN / FBGEMM, hence a fresh process).
+AVX2_CAPS = {
+    "ZOO_KERNEL_ISA": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+}
+ISA_CAP_ENV = "ZOO_BENCH_ISA_CAP"
+
+
+def isa_cap_environment(isa: str) -> dict[str, str]:
+    """The environment of a bench process held to ``isa`` (only ``avx2``)."""
+    if isa != "avx2":
+        raise ValueError(f"--isa takes avx2 (every library held to AVX2), got '{isa}'")
+    return {**os.environ, **AVX2_CAPS, ISA_CAP_ENV: isa}
+
+
+def active_isa_cap() -> str | None:
+    """The ISA this bench process is held to (``isa_cap_environment``), or None."""
+    return os.environ.get(ISA_CAP_ENV) or None
+
+
 def _cpu_description() -> tuple[str, list[str]]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -165,7 +188,7 @@ def _end_to_end_rows(
     unfolded_name, fake_quant_name = "same BNN packed, BN not folded (no fused epilogue)", "same BNN, fake-quant"
     rows, where = [], f"end-to-end {size}x{size}"
     with tempfile.TemporaryDirectory(prefix="zoo-bench-peers-") as workdir:
-        peers = build_peers(dense, torch.get_num_threads(), Path(workdir), lce_python, size)
+        peers = build_peers(dense, torch.get_num_threads(), Path(workdir), lce_python, size, active_isa_cap())
         labels = [peer.label for peer in peers]
         compared = {name: [unfolded_name, FP32_NCHW, FP32_CHANNELS_LAST, fake_quant_name, *labels],
                     bireal_name: [FP32_NCHW, FP32_CHANNELS_LAST, *labels]}  # fmt: skip
@@ -304,6 +327,11 @@ def bench_kernels(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "kernel_backend": kernel_backend(),
+        "isa_cap": None
+        if active_isa_cap() is None
+        else f"{active_isa_cap()}: the zoo's kernels, oneDNN, ATen and FBGEMM held to it ("
+        + ", ".join(f"{k}={v}" for k, v in AVX2_CAPS.items())
+        + ")",
         "timing": "medians. Layer rows: repeated calls of one op. End-to-end rows: candidates in turns of 3 calls "
         "each; ms = the 2nd and 3rd calls (the model's data in the caches), first_call_ms = a turn's 1st call (after "
         "the other candidates evicted them); the peers (int8, ONNX Runtime, Larq Compute Engine) in the same turns",

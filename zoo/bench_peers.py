@@ -244,8 +244,9 @@ def _round_trip_ms(worker: LceWorker, calls: int = 50) -> float:
 
 
 def build_peers(dense: torch.nn.Module, threads: int, workdir: Path, lce_python: str | None = None,
-                size: int = 224) -> list[Peer]:  # fmt: skip
-    """Every peer, built (or skipped with the reason); ``dense`` is the fp32 rows' torchvision resnet18."""
+                size: int = 224, isa_cap: str | None = None) -> list[Peer]:  # fmt: skip
+    """Every peer, built (or skipped with the reason); ``dense`` is the fp32 rows' torchvision resnet18. Under an ISA
+    cap (``zoo bench kernels --isa avx2``) the peers whose libraries cannot be held to it are skipped."""
     builders = {
         INT8: lambda: int8_peer(size),
         ORT: lambda: ort_peer(dense, threads, workdir, size),
@@ -253,6 +254,10 @@ def build_peers(dense: torch.nn.Module, threads: int, workdir: Path, lce_python:
     }
     peers = []
     for label, build in builders.items():
+        if isa_cap is not None and label in (ORT, LCE):
+            why = f"its library picks its kernels from the CPU's flags and cannot be held to {isa_cap} on this CPU"
+            peers.append(Peer(label, skipped=f"{why}; run without --isa on a real {isa_cap}-only CPU"))
+            continue
         try:
             peers.append(build())
         except Exception as exc:  # a peer that cannot be built is reported, it does not stop the bench

@@ -167,8 +167,14 @@ def _kernel_rows(rows: list[dict]) -> list[dict]:
 
 
 def cmd_bench_kernels(args: argparse.Namespace) -> None:
-    from zoo.bench import bench_kernels
+    from zoo.bench import active_isa_cap, bench_kernels, isa_cap_environment
     from zoo.bench_peers import peer_lines
+
+    if args.isa is not None and active_isa_cap() != args.isa:  # the caps act at process start: run in a fresh one
+        import subprocess
+
+        env = isa_cap_environment(args.isa)
+        sys.exit(subprocess.run([sys.executable, "-m", "zoo.cli", *args.argv], env=env).returncode)
 
     result = bench_kernels(args.threads, tuple(args.batch or (1, 32)), args.repeats, end_to_end=not args.layers_only,
                            lce_python=args.lce_python)  # fmt: skip
@@ -177,6 +183,8 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
         return
     print(f"{result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, "
           f"kernel {result['kernel_backend']}, torch {result['torch']}")  # fmt: skip
+    if result["isa_cap"]:
+        print(f"held to {result['isa_cap']}")
     print(_table(_kernel_rows(result["rows"]), ["what", "batch", "ms", "baseline", "baseline ms", "speedup",
                                                 "first-call speedup"]))  # fmt: skip
     print(f"timing: {result['timing']}")
@@ -265,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers-only", action="store_true", help="kernels: skip the end-to-end ResNet-18 rows")
     p.add_argument("--lce-python", help="kernels: the Python that has larq-compute-engine (default: "
                    "$ZOO_BENCH_LCE_PYTHON, else this one)")  # fmt: skip
+    p.add_argument("--isa", choices=["avx2"], help="kernels: hold the zoo's kernels, oneDNN, ATen and FBGEMM to "
+                   "AVX2 (the stand-in for an AVX2-only CPU on one that has AVX-512)")  # fmt: skip
     p.add_argument("--record", action="store_true", help="checkpoint: write the result into models/<id> (card, config)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
@@ -299,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except ZooError as err:

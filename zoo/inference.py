@@ -141,19 +141,25 @@ def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 class FoldedBatchNormAct(nn.Module):
     """An eval-mode BatchNorm folded to its per-channel affine, then the PReLU that reads only its output (or nothing),
-    in one pass (:func:`zoo.kernels.channels_last.affine_prelu`): the full-precision stem of the ImageNet BNNs."""
+    in one pass (:func:`zoo.kernels.channels_last.affine_prelu`): the full-precision stem of the ImageNet BNNs.
+    ``inplace``: its input is a temporary that nothing else reads (the conv before it), so it may be overwritten
+    (never while autograd records it)."""
 
-    def __init__(self, scale: torch.Tensor, bias: torch.Tensor, prelu_weight: torch.Tensor | None) -> None:
+    def __init__(
+        self, scale: torch.Tensor, bias: torch.Tensor, prelu_weight: torch.Tensor | None, inplace: bool = False
+    ) -> None:
         super().__init__()
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
         self.register_buffer("prelu_weight", prelu_weight)
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return affine_prelu(x, self.scale, self.bias, self.prelu_weight)
+        inplace = self.inplace and not (torch.is_grad_enabled() and x.requires_grad)
+        return affine_prelu(x, self.scale, self.bias, self.prelu_weight, inplace)
 
     def extra_repr(self) -> str:
-        return f"{self.scale.numel()}, prelu={self.prelu_weight is not None}"
+        return f"{self.scale.numel()}, prelu={self.prelu_weight is not None}, inplace={self.inplace}"
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -176,19 +182,21 @@ def _fuse_max_pools(model: nn.Module) -> None:
 
 
 def _fold_stem_batchnorms(model: nn.Module) -> None:
-    """Fold each (BN, activation) pair a module declares in ``bn_act_pairs`` (its promise that the activation reads
-    only the BN's output and nothing else does) into a :class:`FoldedBatchNormAct`, the activation becoming an
-    Identity; pairs with hooks, an activation other than PReLU / Identity or a BN that cannot fold stay."""
+    """Fold each (conv, BN, activation) unit a module declares in ``conv_bn_act_units`` (its promise that the BN
+    alone reads the conv's output and the activation alone reads the BN's) into a :class:`FoldedBatchNormAct`, the
+    activation becoming an Identity; units with hooks, an activation other than PReLU / Identity or a BN that cannot
+    fold stay. The folded pass overwrites the conv's output unless the conv has hooks (one may keep that tensor)."""
     for module in model.modules():
-        for bn_name, act_name in getattr(module, "bn_act_pairs", ()):
-            bn, act = getattr(module, bn_name, None), getattr(module, act_name, None)
+        for conv_name, bn_name, act_name in getattr(module, "conv_bn_act_units", ()):
+            conv, bn, act = (getattr(module, name, None) for name in (conv_name, bn_name, act_name))
             if bn is None or type(act) not in (nn.PReLU, nn.Identity) or _has_hooks(bn) or _has_hooks(act):
                 continue
             terms = batchnorm_affine(bn)
             if terms is None:
                 continue
             slope = act.weight.detach().clone() if type(act) is nn.PReLU else None
-            setattr(module, bn_name, FoldedBatchNormAct(*terms, slope))
+            inplace = isinstance(conv, nn.Conv2d) and not _has_hooks(conv)
+            setattr(module, bn_name, FoldedBatchNormAct(*terms, slope, inplace))
             setattr(module, act_name, nn.Identity())
 
 
@@ -219,7 +227,7 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
     declares in ``conv_bn_pairs``) into the kernel's epilogue, ``fma(conv, scale, bias)`` with the scale and bias
     PyTorch's BN computes, and puts an ``nn.Identity`` in its place; a block's residual add and PReLU / Hardtanh after
     it run in the same epilogue (:func:`zoo.nn.residual_unit.conv_bn_add_act`): one pass over the output instead of
-    four. A stem BN and the PReLU after it (pairs a model declares in ``bn_act_pairs``) become one
+    four. A stem BN and the PReLU after it (units a model declares in ``conv_bn_act_units``) become one
     :class:`FoldedBatchNormAct` pass. Max-pools run the one-pass channels_last kernel (bit-exact, folded or not).
     The affine rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then
     the folded form is bit-exact as well), otherwise it rounds twice and the two agree to float32 rounding (the tests

@@ -28,14 +28,21 @@ def _kernel_for(x: torch.Tensor):
 
 
 def affine_prelu(
-    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, prelu_weight: torch.Tensor | None = None
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    prelu_weight: torch.Tensor | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """``prelu(fma(x, scale[c], bias[c]), prelu_weight)`` per channel (no PReLU for ``prelu_weight=None``), the same
     single-rounding affine as the binary kernels' epilogue. ``scale``, ``bias``: float32 ``[C]``; ``prelu_weight``:
-    1 or C elements. The C++ op runs where the CPU has FMA (std::fma is a libm call per element without it)."""
+    1 or C elements. The C++ op runs where the CPU has FMA (std::fma is a libm call per element without it).
+
+    ``inplace=True`` lets the C++ op overwrite ``x`` (a temporary nobody else reads): a fresh buffer of the stem's
+    size costs its page faults, 26 ms of a 29 ms pass at batch 32 x 64 x 112 x 112. Elsewhere ``x`` is left alone."""
     ext, code = _kernel_for(x)
     if ext is not None and code != _ISA_CODES["scalar"] and "avx2" in ext.available_isas():
-        return ext.affine_prelu(x, scale, bias, prelu_weight, code)
+        return ext.affine_prelu(x, scale, bias, prelu_weight, code, inplace)
     return _apply_epilogue(x, scale, bias, None, prelu_weight, None)
 
 

@@ -100,7 +100,7 @@ class BiRealBlock(nn.Module):
 class BinaryImageNetResNet(BinaryClassifier):
     """1-bit Bi-Real ResNet for ImageNet with the parts of one method (``bireal``, ``sdbnn`` or ``ir2net``)."""
 
-    bn_act_pairs = (("bn1", "act1"),)  # the stem's BN feeds only act1 (zoo.inference folds the pair)
+    conv_bn_act_units = (("conv1", "bn1", "act1"),)  # the stem: each output read by the next only (zoo.inference)
 
     def __init__(
         self,

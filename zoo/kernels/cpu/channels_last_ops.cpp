@@ -85,13 +85,14 @@ __attribute__((target("avx2,fma"))) void affine_prelu_rows_avx2(const AffineArgs
   }
 }
 
+// inplace: write into x (its storage is fresh and read by nobody else: a large new buffer costs its page faults).
 torch::Tensor affine_prelu(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& bias,
-                           const std::optional<torch::Tensor>& slope, int64_t isa) {
+                           const std::optional<torch::Tensor>& slope, int64_t isa, bool inplace) {
   check_nhwc_float(x);
   const int64_t C = x.size(1);
   const torch::Tensor s = channel_vector(scale, C, "scale"), b = channel_vector(bias, C, "bias");
   const torch::Tensor sl = slope.has_value() ? channel_vector(*slope, C, "prelu_weight") : torch::Tensor();
-  torch::Tensor out = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  torch::Tensor out = inplace ? x : torch::empty_like(x, at::MemoryFormat::ChannelsLast);
   const AffineArgs a{x.data_ptr<float>(), out.data_ptr<float>(), s.data_ptr<float>(), b.data_ptr<float>(),
                      sl.defined() ? sl.data_ptr<float>() : nullptr, C};
   const bool avx2 = use_avx2(isa);
@@ -159,6 +160,7 @@ torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t
 void register_channels_last_ops(pybind11::module_& m) {
   using namespace pybind11::literals;
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
-  m.def("affine_prelu", &affine_prelu, "x"_a, "scale"_a, "bias"_a, "prelu_weight"_a, "isa"_a, nogil);
+  m.def("affine_prelu", &affine_prelu, "x"_a, "scale"_a, "bias"_a, "prelu_weight"_a, "isa"_a, "inplace"_a = false,
+        nogil);
   m.def("max_pool2d", &max_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
 }
