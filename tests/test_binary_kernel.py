@@ -258,6 +258,9 @@ def test_backend_selection(monkeypatch):
         zk.set_kernel_isa("scalar")
         try:
             assert zk.kernel_backend() == "scalar"
+            with zk.kernel_isa("torch"):  # a block on another path gives back the choice it found
+                assert zk.kernel_backend() == "torch-fallback"
+            assert zk.kernel_backend() == "scalar"
         finally:
             zk.set_kernel_isa(None)
     else:

@@ -12,9 +12,12 @@ import pytest
 import torch
 
 import zoo
-from zoo.bench import AVX2_CAPS, ISA_CAP_ENV, interleaved_burst_ms, isa_cap_environment
+from zoo.bench import AVX2_CAPS, ISA_CAP_ENV, PACKED_AVX2, PARENT_INT8, interleaved_burst_ms, isa_cap_environment
 from zoo.cli import main
-from zoo.data import load_dataset
+from zoo.data import dataset_spec, load_dataset, to_tensors
+from zoo.data.augment import normalize
+from zoo.int8 import quantize_int8_fx, quantized_engine, x86_engine
+from zoo.kernels import kernel_backend
 from zoo.registry import load_manifest
 
 RELEASED = zoo.list_checkpoints()
@@ -215,8 +218,23 @@ def test_bench_checkpoint_measures_the_packed_model_beside_its_dense_parent(caps
     result = json.loads(capsys.readouterr().out)
     names = list(result["results"])
     assert any("packed" in n for n in names) and any("fake-quant" in n for n in names)
-    assert any("dense parent" in n for n in names) and result["threads"] == 1 and result["peak_rss_mb"] > 0
+    assert {"dense parent (fp32)", PARENT_INT8} <= set(names) and result["threads"] == 1 and result["peak_rss_mb"] > 0
     assert all(r["ms"] > 0 and r["images_per_s"] > 0 for runs in result["results"].values() for r in runs)
+    assert "calibrated on the first 256" in result["notes"][PARENT_INT8]
+    assert (f"{binary} ({PACKED_AVX2})" in names) == kernel_backend().startswith("avx512")
+
+
+def test_the_int8_parent_is_a_quantized_model_that_agrees_with_the_float_one():
+    parent = zoo.from_pretrained("resnet20.fmnist").eval()
+    spec = dataset_spec("fashion_mnist")
+    images, _ = to_tensors(load_dataset("fashion_mnist", "test"), spec, limit=64)
+    x = normalize(images, spec.mean, spec.std)
+    engine = x86_engine()
+    int8 = quantize_int8_fx(parent, x[:32], engine)
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    with torch.no_grad(), quantized_engine(engine):
+        agree = (int8(x).argmax(1) == parent(x).argmax(1)).float().mean()
+    assert agree >= 0.9  # int8 rounding flips a few close calls, not the model
 
 
 def _copy_checkpoints(tmp_path: Path, *ids: str) -> Path:
@@ -247,6 +265,7 @@ def test_bench_record_rewrites_the_speed_block_and_card_only(capsys, tmp_path, m
     card = (folder / "README.md").read_text()
     assert card == render_card(json.loads((folder / "config.json").read_text()))
     assert f"Measured again on {speed['remeasured']['date']}" in card
+    assert f"| {PARENT_INT8} | 64 |" in card and f"- {PARENT_INT8}: FX graph-mode" in card
     assert not list(folder.glob(".*.tmp"))
 
 

@@ -18,7 +18,7 @@ import zoo
 from training.prune import PLAN_FILE, STAGE_DIR
 from training.recipe import Recipe
 from training.trainer import RUN_PREFIX, create_recipe_model, load_trained_model
-from zoo.bench import bench_models, speed_candidates
+from zoo.bench import measure_checkpoint_speed
 from zoo.cards import render_card
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
@@ -168,7 +168,7 @@ def export_run(
         if recipe.export.dense_parent
         else unreleased_parent(pruning)
     )
-    speed = bench_models(speed_candidates(recipe.id, model, parent), spec.input_size)
+    speed = measure_checkpoint_speed(recipe.id, model, parent, spec.name, spec.input_size, spec.mean, spec.std)
     dest_root = dest_root or models_dir()
     config = write_checkpoint_folder(
         dest_root / recipe.id,

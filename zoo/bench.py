@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -408,28 +408,111 @@ def bench_models(
     return out
 
 
+PACKED, PACKED_AVX2, FAKE_QUANT = "packed 1-bit kernels", "packed 1-bit kernels, AVX2 path", "fake-quant fp32"
+PARENT_FP32, PARENT_INT8 = "dense parent (fp32)", "dense parent (int8, x86 static PTQ)"
+INT8_CALIBRATION_IMAGES = 256
+
+
+class OnKernelPath(torch.nn.Module):
+    """``model`` with the zoo's kernels held to ``isa``'s code path during each call (PyTorch's own ops unchanged)."""
+
+    def __init__(self, model: torch.nn.Module, isa: str) -> None:
+        super().__init__()
+        self.model, self.isa = model, isa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from zoo.kernels import kernel_isa
+
+        with kernel_isa(self.isa):
+            return self.model(x)
+
+
 def speed_candidates(
-    checkpoint_id: str, model: torch.nn.Module, parent: torch.nn.Module | None
+    checkpoint_id: str,
+    model: torch.nn.Module,
+    parent: torch.nn.Module | None,
+    int8_parent: torch.nn.Module | None = None,
 ) -> dict[str, torch.nn.Module]:
-    """What a checkpoint's speed is shown against: its packed form and fake-quant form (BNNs), its dense parent."""
+    """What a checkpoint's speed is shown against: its packed form (on the CPU's best kernel path and, where that is
+    AVX-512, on the AVX2 path too) and fake-quant form (BNNs), its dense parent in fp32 and, given, in int8."""
     from zoo.inference import to_inference
+    from zoo.kernels import available_isas, kernel_backend
 
     model = model.eval()
     binary = any(getattr(m, "binary", False) for m in model.modules())
     if binary:
-        candidates = {f"{checkpoint_id} (packed 1-bit kernels)": to_inference(model, channels_last=True),
-                      f"{checkpoint_id} (fake-quant fp32)": model}  # fmt: skip
+        packed = to_inference(model, channels_last=True)
+        candidates = {f"{checkpoint_id} ({PACKED})": packed}
+        if kernel_backend().startswith("avx512") and "avx2" in available_isas():
+            candidates[f"{checkpoint_id} ({PACKED_AVX2})"] = OnKernelPath(packed, "avx2")
+        candidates[f"{checkpoint_id} ({FAKE_QUANT})"] = model
     else:
         candidates = {f"{checkpoint_id} (fp32)": model}
     if parent is not None:
-        candidates["dense parent (fp32)"] = parent.eval()
+        candidates[PARENT_FP32] = parent.eval()
+    if int8_parent is not None:
+        candidates[PARENT_INT8] = int8_parent
     return candidates
+
+
+def _int8_parent(
+    parent: torch.nn.Module, dataset: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.nn.Module | None, str]:
+    """The dense parent quantized to int8 on this CPU's x86 engine, calibrated on real training images of
+    ``dataset``, and how (or why not)."""
+    from zoo.data import dataset_spec, load_dataset, to_tensors
+    from zoo.data.augment import normalize
+    from zoo.int8 import quantize_int8_fx, x86_engine
+
+    engine = x86_engine()
+    if engine is None:
+        return None, f"skipped: this torch build has no x86 or fbgemm engine ({torch.backends.quantized.engine})"
+    spec = dataset_spec(dataset)
+    try:
+        images, _ = to_tensors(load_dataset(spec.name, "train"), spec, limit=INT8_CALIBRATION_IMAGES)
+    except Exception as exc:  # no training split here: the int8 row is left out, and the result says why
+        return None, f"skipped: no {spec.name} training images to calibrate on ({type(exc).__name__}: {exc})"
+    how = (f"FX graph-mode post-training static quantization (torch.ao.quantization, engine {engine}, its default "
+           f"qconfig mapping), calibrated on the first {len(images)} {spec.name} training images")  # fmt: skip
+    return quantize_int8_fx(parent, normalize(images, mean, std), engine), how
+
+
+def measure_checkpoint_speed(
+    checkpoint_id: str,
+    model: torch.nn.Module,
+    parent: torch.nn.Module | None,
+    dataset: str,
+    input_size: tuple[int, ...],
+    mean: Sequence[float],
+    std: Sequence[float],
+    batches: tuple[int, ...] = (1, 64),
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """A checkpoint's speed block (at export and by ``zoo bench <id>``): ``speed_candidates`` measured side by side,
+    for a BNN with its dense parent also in int8, and notes on the rows that need them."""
+    from zoo.int8 import quantized_engine, x86_engine
+
+    int8_parent, int8_how = None, None
+    if parent is not None and any(getattr(m, "binary", False) for m in model.modules()):
+        int8_parent, int8_how = _int8_parent(parent.eval(), dataset, mean, std)
+    candidates = speed_candidates(checkpoint_id, model, parent, int8_parent)
+    with quantized_engine(x86_engine() or torch.backends.quantized.engine):
+        result = bench_models(candidates, input_size, batches, repeats)
+    notes = {}
+    if int8_how:
+        notes[PARENT_INT8] = int8_how
+    if any(name.endswith(f"({PACKED_AVX2})") for name in candidates):
+        notes[PACKED_AVX2] = (
+            "the zoo's kernels forced to their AVX2 code path (zoo.kernels.kernel_isa) in the same process; "
+            "PyTorch's own float ops (stem, classifier) keep the CPU's best path"
+        )
+    return {**result, **({"notes": notes} if notes else {})}
 
 
 def bench_checkpoint(
     checkpoint_id: str, batches: tuple[int, ...] = (1, 64), repeats: int = 20, threads: int | None = None
 ) -> dict[str, Any]:
-    """A released checkpoint (packed for BNNs) against its dense parent, measured in the same process."""
+    """A released checkpoint measured as at export (``measure_checkpoint_speed``), in this process."""
     from zoo.api import from_pretrained
     from zoo.registry import manifest_entry
 
@@ -438,9 +521,11 @@ def bench_checkpoint(
     entry = manifest_entry(checkpoint_id)
     parent_id = entry["compression"].get("dense_parent")
     parent = from_pretrained(parent_id) if parent_id else None
-    candidates = speed_candidates(checkpoint_id, from_pretrained(checkpoint_id), parent)
-    return {"id": checkpoint_id, **bench_models(candidates, tuple(entry["pretrained_cfg"]["input_size"]), batches,
-                                                repeats)}  # fmt: skip
+    cfg = entry["pretrained_cfg"]
+    speed = measure_checkpoint_speed(checkpoint_id, from_pretrained(checkpoint_id), parent,
+                                     entry["metrics"]["dataset"], tuple(cfg["input_size"]), cfg["mean"], cfg["std"],
+                                     batches, repeats)  # fmt: skip
+    return {"id": checkpoint_id, **speed}
 
 
 def record_checkpoint_speed(result: dict[str, Any]) -> dict[str, Any]:

@@ -21,14 +21,16 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from zoo.int8 import quantized_engine, quiet_ptq_warnings, x86_engine
 
 INT8 = "torchvision resnet18 int8 (x86 static PTQ)"
 ORT = "onnxruntime resnet18 fp32"
@@ -81,20 +83,17 @@ def calibration_batch(size: int = 224) -> tuple[torch.Tensor, str]:
 
 def int8_peer(size: int = 224) -> Peer:
     """torchvision's quantizable resnet18 (random weights), fused and statically quantized to int8 for x86."""
-    engines = torch.backends.quantized.supported_engines
-    engine = next((e for e in ("x86", "fbgemm") if e in engines), None)
+    engine = x86_engine()
     if engine is None:
+        engines = torch.backends.quantized.supported_engines
         return Peer(INT8, skipped=f"this torch build has no x86 or fbgemm quantized engine (it has {engines})")
     from torch.ao import quantization as tq
     from torchvision.models.quantization import resnet18
 
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
+    on_engine = ExitStack()  # the engine is process-wide: held while the peer lives, restored by close()
+    on_engine.enter_context(quantized_engine(engine))
     calibration, calibrated_on = calibration_batch(size)
-    with warnings.catch_warnings():  # eager-mode PTQ's own deprecation notes, printed once per module otherwise
-        warnings.filterwarnings("ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", r"Please use quant_min and quant_max", UserWarning)
-        warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning)
+    with quiet_ptq_warnings():
         model = resnet18(weights=None, quantize=False).eval()
         model.fuse_model(is_qat=False)
         model.qconfig = tq.get_default_qconfig(engine)
@@ -103,14 +102,11 @@ def int8_peer(size: int = 224) -> Peer:
             model(calibration)
         tq.convert(model, inplace=True)
 
-    def close() -> None:
-        torch.backends.quantized.engine = previous
-
     note = (f"torchvision.models.quantization.resnet18, random weights (speed only), conv+BN+ReLU fused, eager "
             f"post-training static quantization (torch.ao.quantization, engine {engine}, its default qconfig), "
             f"calibrated on {calibrated_on}")  # fmt: skip
     return Peer(INT8, note, bind=lambda x: lambda: model(x), info={"engine": engine, "calibration": calibrated_on},
-                close=close)  # fmt: skip
+                close=on_engine.close)  # fmt: skip
 
 
 def ort_peer(dense: torch.nn.Module, threads: int, workdir: Path, size: int = 224) -> Peer:

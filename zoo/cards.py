@@ -128,6 +128,7 @@ def _speed_section(speed: dict[str, Any] | None) -> str:
     rows = ["| model | batch | latency (ms) | images/s |", "| --- | --- | --- | --- |"]
     rows += [f"| {name} | {r['batch']} | {r['ms']:.3f} | {r['images_per_s']:,.0f} |"
              for name, runs in speed["results"].items() for r in runs]  # fmt: skip
+    notes = [f"- {name}: {how}" for name, how in speed.get("notes", {}).items()]
     when = "at export"
     if "remeasured" in speed:
         again = speed["remeasured"]
@@ -137,7 +138,9 @@ def _speed_section(speed: dict[str, Any] | None) -> str:
     return (
         f"Measured {when} on {speed['cpu']} ({', '.join(speed['cpu_flags']) or 'no SIMD flags read'}), "
         f"{speed['threads']} threads, torch {speed['torch']}, all rows in the same process (medians; the machine "
-        "may have been running other jobs, so rerun `zoo bench <id>` for your own numbers):\n\n" + "\n".join(rows)
+        "may have been running other jobs, so rerun `zoo bench <id>` for your own numbers):\n\n"
+        + "\n".join(rows)
+        + ("\n\n" + "\n".join(notes) if notes else "")
     )
 
 

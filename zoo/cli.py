@@ -136,6 +136,8 @@ def cmd_bench_checkpoint(args: argparse.Namespace) -> None:
     rows = [{"model": name, "batch": r["batch"], "ms": f"{r['ms']:.3f}", "images/s": f"{r['images_per_s']:,.0f}"}
             for name, runs in result["results"].items() for r in runs]  # fmt: skip
     print(_table(rows, list(rows[0])))
+    for name, how in result.get("notes", {}).items():
+        print(f"{name}: {how}")
     print(f"peak RSS of this process: {result['peak_rss_mb']:.0f} MB")
     if "cuda" in result:
         gpu = result["cuda"]
@@ -183,7 +185,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
         return
     print(f"{result['cpu']} ({', '.join(result['cpu_flags'])}), {result['threads']} threads, "
           f"kernel {result['kernel_backend']}, torch {result['torch']}")  # fmt: skip
-    if result["isa_cap"]:
+    if result.get("isa_cap"):
         print(f"held to {result['isa_cap']}")
     print(_table(_kernel_rows(result["rows"]), ["what", "batch", "ms", "baseline", "baseline ms", "speedup",
                                                 "first-call speedup"]))  # fmt: skip

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,17 @@ def set_kernel_isa(isa: str | None) -> None:
     if isa is not None and isa.strip().lower() not in _ISA_ALIASES:
         raise ValueError(f"unknown kernel ISA '{isa}', use one of auto, scalar, avx2, avx512, torch")
     _isa_override = None if isa is None else _ISA_ALIASES[isa.strip().lower()]
+
+
+@contextmanager
+def kernel_isa(isa: str) -> Iterator[None]:
+    """Run the zoo's kernels on ``isa``'s code path inside the block (``set_kernel_isa``), the previous choice after."""
+    previous = _isa_override
+    set_kernel_isa(isa)
+    try:
+        yield
+    finally:
+        set_kernel_isa(previous)
 
 
 def _requested_isa() -> str:
