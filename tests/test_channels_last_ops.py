@@ -12,7 +12,7 @@ from torch import nn
 
 import zoo
 import zoo.kernels as zk
-from zoo.inference import ChannelsLastMaxPool2d, FoldedBatchNormAct
+from zoo.inference import ChannelsLastMaxPool2d, FoldedBatchNormAct, PointwiseConvBatchNorm
 from zoo.kernels import _build
 from zoo.kernels.binary import _apply_epilogue
 from zoo.kernels.channels_last import affine_prelu, max_pool2d
@@ -110,6 +110,8 @@ def test_imagenet_bnn_stem_is_folded_and_its_max_pool_fused(arch) -> None:
     fast = zoo.to_inference(model, channels_last=True)
     assert isinstance(fast.bn1, FoldedBatchNormAct) and isinstance(fast.act1, nn.Identity)
     assert isinstance(fast.maxpool, ChannelsLastMaxPool2d)
+    shortcuts = [b.shortcut for stage in (fast.layer2, fast.layer3, fast.layer4) for b in stage[:1]]
+    assert all(isinstance(s[1], PointwiseConvBatchNorm) and isinstance(s[2], nn.Identity) for s in shortcuts)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
@@ -141,3 +143,29 @@ def test_stem_pass_overwrites_only_a_temporary_nobody_else_keeps() -> None:
     fast.bn1.inplace = True
     fast.bn1(grad_in)  # autograd records the input: never overwritten
     assert torch.equal(grad_in.detach(), kept)
+
+
+def test_a_pointwise_conv_and_its_batchnorm_become_one_gemm_in_channels_last_only() -> None:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(24, 40, 1, bias=True), nn.BatchNorm2d(40).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+    unit = nn.Sequential(nn.AvgPool2d(2), conv, bn, nn.Conv2d(40, 8, 3))  # the 3x3 conv stays as it is
+    fast = zoo.to_inference(unit, channels_last=True)
+    assert isinstance(fast[1], PointwiseConvBatchNorm) and isinstance(fast[2], nn.Identity)
+    assert type(fast[3]) is nn.Conv2d
+    x = torch.randn(3, 24, 14, 10)
+    with torch.no_grad():
+        ref = bn(conv(x))
+        for layout in (torch.channels_last, torch.contiguous_format):  # GEMM on channels_last, conv2d otherwise
+            out = fast[1](x.contiguous(memory_format=layout))
+            assert out.is_contiguous(memory_format=layout)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert type(zoo.to_inference(unit)[1]) is nn.Conv2d  # the NCHW form keeps its convs and BNs
+    strided = nn.Sequential(nn.Conv2d(24, 40, 1, stride=2), nn.BatchNorm2d(40).eval())
+    hooked = nn.Sequential(nn.Conv2d(24, 40, 1), nn.BatchNorm2d(40).eval())
+    hooked[1].register_forward_hook(lambda *args: None)
+    for keeps in (strided, hooked):
+        assert type(zoo.to_inference(keeps, channels_last=True)[0]) is nn.Conv2d
