@@ -15,7 +15,8 @@ from zoo.reported import REPORTED
 
 EXPECTED_COLUMNS = ["id", "method", "family", "data", "top1", "top5", "params", "flops", "bops", "ops", "size_bytes",
                     "weight_bits", "activation_bits", "latency_b1_ms", "latency_b64_ms", "latency_device",
-                    "latency_threads", "dense_parent", "recipe", "sha256", "recorded_top1"]  # fmt: skip
+                    "latency_threads", "dense_parent", "recipe", "sha256", "recorded_top1", "seeds",
+                    "seeds_top1_mean", "seeds_top1_std"]  # fmt: skip
 ARTEFACTS = (lb.CSV_NAME, lb.MD_NAME, lb.OPS_PLOT, lb.LATENCY_PLOT)
 LIMIT = 32  # test images per checkpoint: the rows below are a small measured sample, written to tmp dirs only
 

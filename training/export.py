@@ -17,15 +17,16 @@ from safetensors.torch import load_file
 import zoo
 from training.prune import PLAN_FILE, STAGE_DIR
 from training.recipe import Recipe
+from training.seeds import final_held_out_top1, read_result, released_run, seed_statistics, seedless_identity
 from training.trainer import RUN_PREFIX, create_recipe_model, load_trained_model
 from zoo.bench import measure_checkpoint_speed
-from zoo.cards import render_card
-from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
+from zoo.cards import render_card, seed_spread
+from zoo.checkpoint import state_dict_for_saving, update_checkpoint_config, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.inference import PACKED_LAYOUT, pack_binary_weights, unpack_binary_weights
 from zoo.measure import model_summary
-from zoo.registry import manifest_entry, models_dir, repo_root, write_manifest
+from zoo.registry import CONFIG_NAME, manifest_entry, models_dir, repo_root, write_manifest
 
 GOLDEN_FILE = "test/golden.safetensors"
 GOLDEN_IMAGES = 16
@@ -37,12 +38,66 @@ def describe_schedule(recipe: Recipe) -> str:
             f"warm-up {sch.warmup_fraction:.0%}), weight decay {opt.weight_decay}, seed {tr.seed}")  # fmt: skip
 
 
+def release_recipe_path(recipe: Recipe, result: dict[str, Any]) -> str:
+    """The recipe that regenerates the run: the release recipe ``training/recipes/<id>.yaml`` when it trains the
+    same thing (seed aside; e.g. a trial recipe promoted to release after its runs), else the run's own file."""
+    release = f"training/recipes/{recipe.id}.yaml"
+    path = repo_root() / release
+    if path.is_file() and seedless_identity(Recipe.load(path).to_dict()) == seedless_identity(recipe.to_dict()):
+        return release
+    return result.get("recipe_path") or release
+
+
+def training_command(recipe: Recipe, recipe_path: str) -> str:
+    """The command that regenerates the checkpoint (training resumes where a killed run stopped)."""
+    if recipe.train.seeds:
+        return f"python -m training.regenerate {recipe.id}  # trains seeds {recipe.train.seeds}, then exports"
+    return f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}"
+
+
+def superseded_records(folder: Path) -> list[dict[str, Any]]:
+    """What an export replaces: the checkpoint already in ``folder`` (and what it replaced), oldest first."""
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        return []
+    meta = json.loads(config_path.read_text())["zoo"]
+    record = {"sha256": meta["files"]["model.safetensors"]["sha256"], "top1": meta["metrics"]["top1"],
+              "schedule": meta["training"]["schedule"], "commit": meta["training"]["commit"]}  # fmt: skip
+    return [*meta.get("supersedes", []), record]
+
+
+def seed_metrics(
+    released_dir: Path,
+    released_top1: float,
+    seed_runs: list[Path],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    spec: Any,
+) -> dict[str, Any]:
+    """The released run's seed statistics: every other seed's final weights measured on the same test split."""
+    results = {d: read_result(d) for d in seed_runs}
+    if released_dir.resolve() not in {d.resolve() for d in seed_runs}:
+        raise ValueError(f"{released_dir} is not among the seed runs {[str(d) for d in seed_runs]}")
+    seed_of = {d: r["recipe"]["train"]["seed"] for d, r in results.items()}
+    top1, held_out = {}, {}
+    for run_dir, result in results.items():
+        seed = seed_of[run_dir]
+        held_out[seed] = final_held_out_top1(result, run_dir)
+        if run_dir.resolve() == released_dir.resolve():
+            top1[seed] = released_top1
+            continue
+        logits = predict_logits(load_trained_model(f"{RUN_PREFIX}{run_dir}"), test_x, spec.mean, spec.std)
+        top1[seed] = accuracy(logits, test_y)["top1"]
+    return {"seeds": seed_statistics(top1, held_out, read_result(released_dir)["recipe"]["train"]["seed"])}
+
+
 def parent_metrics(parent_id: str | None) -> dict[str, Any]:
     """The dense parent's measured top-1 as recorded in the registry (it must be exported first)."""
     if parent_id is None:
         return {}
-    entry = manifest_entry(parent_id)
-    return {"dense_parent_top1": entry["metrics"]["top1"]}
+    parent = manifest_entry(parent_id)["metrics"]
+    seeds = parent.get("seeds")
+    return {"dense_parent_top1": parent["top1"], **({"dense_parent_seeds": seeds} if seeds else {})}
 
 
 def unreleased_parent(pruning: dict[str, Any] | None) -> tuple[torch.nn.Module | None, dict[str, Any]]:
@@ -81,6 +136,7 @@ def build_config(
     pruning: dict[str, Any] | None = None,
     dense_reference: dict[str, Any] | None = None,
     float16_head: bool = False,
+    supersedes: list[dict[str, Any]] | None = None,
 ) -> dict:
     """config.json: timm's fields at the root (so timm's hf-hub loader reads it) and the zoo's under ``zoo``."""
     spec = dataset_spec(recipe.data.dataset)
@@ -92,7 +148,7 @@ def build_config(
         input_size=list(spec.input_size), mean=list(spec.mean), std=list(spec.std), num_classes=spec.num_classes,
         crop_pct=1.0, label_names=list(spec.label_names) if spec.label_names else None,
     )  # fmt: skip
-    recipe_path = result.get("recipe_path") or f"training/recipes/{recipe.id}.yaml"
+    recipe_path = release_recipe_path(recipe, result)
     return {
         "architecture": recipe.model.architecture,
         "num_classes": spec.num_classes,
@@ -125,9 +181,10 @@ def build_config(
             },
             "speed": speed,
             **({"pruning": pruning} if pruning else {}),
+            **({"supersedes": supersedes} if supersedes else {}),
             "training": {
                 "recipe": recipe_path,
-                "command": f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}",
+                "command": training_command(recipe, recipe_path),
                 "commit": result["commit"],
                 "schedule": describe_schedule(recipe),
                 "num_processes": result["num_processes"],
@@ -143,12 +200,14 @@ def export_run(
     dest_root: Path | None = None,
     extra_metrics: dict[str, Any] | None = None,
     float16_head: bool = False,
+    seed_runs: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Write ``<dest_root>/<id>`` from a finished run and refresh the package manifest.
 
     ``extra_metrics`` (e.g. the from-scratch accuracy a fine-tuned model is compared with) go into config.json.
     ``float16_head`` stores the classifier's weight matrix in float16 (the top-1 is then measured on the model
-    as stored).
+    as stored). ``seed_runs``: every run of the recipe's seeds (``run_dir`` among them), whose test top-1 spread
+    the card reports. A checkpoint already at the destination is recorded as superseded.
     """
     result = json.loads((run_dir / "result.json").read_text())
     recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
@@ -161,6 +220,8 @@ def export_run(
     test_x, test_y = to_tensors(load_dataset(spec.name, "test"), spec)
     logits = predict_logits(model, test_x, spec.mean, spec.std, progress=True)
     metrics = {**accuracy(logits, test_y), **(extra_metrics or {})}
+    if seed_runs:
+        metrics.update(seed_metrics(run_dir, metrics["top1"], seed_runs, test_x, test_y, spec))
     golden = {"images": test_x[:GOLDEN_IMAGES].contiguous(), "logits": logits[:GOLDEN_IMAGES].contiguous()}
     pruning = pruning_record(run_dir)
     parent, dense_reference = (
@@ -170,21 +231,37 @@ def export_run(
     )
     speed = measure_checkpoint_speed(recipe.id, model, parent, spec.name, spec.input_size, spec.mean, spec.std)
     dest_root = dest_root or models_dir()
+    supersedes = superseded_records(dest_root / recipe.id)
     config = write_checkpoint_folder(
         dest_root / recipe.id,
         stored,
-        build_config(model, recipe, result, metrics, speed, pruning, dense_reference, float16_head),
+        build_config(model, recipe, result, metrics, speed, pruning, dense_reference, float16_head, supersedes),
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )
+    if supersedes and supersedes[-1]["sha256"] == config["zoo"]["files"]["model.safetensors"]["sha256"]:
+        config = update_checkpoint_config(dest_root / recipe.id, _drop_last_superseded, render_card)
     if dest_root.resolve() == (repo_root() / "models").resolve():  # only the repository's hub feeds the manifest
         write_manifest(dest_root)
     return config
 
 
+def _drop_last_superseded(config: dict[str, Any]) -> None:
+    """The same weights exported again replace nothing."""
+    meta = config["zoo"]
+    meta["supersedes"] = meta["supersedes"][:-1]
+    if not meta["supersedes"]:
+        del meta["supersedes"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument(
+        "run_dirs",
+        type=Path,
+        nargs="+",
+        help="a finished run, or every seed of one recipe (released: the best held-out top-1)",
+    )
     parser.add_argument("--models-dir", type=Path, help="default: the repository's models/")
     parser.add_argument(
         "--float16-head",
@@ -192,10 +269,13 @@ def main(argv: list[str] | None = None) -> None:
         help="store the classifier's weight matrix in float16 (top-1 measured on the stored model)",
     )
     args = parser.parse_args(argv)
-    config = export_run(args.run_dir, args.models_dir, float16_head=args.float16_head)
+    released = released_run(args.run_dirs)
+    seed_runs = args.run_dirs if len(args.run_dirs) > 1 else None
+    config = export_run(released, args.models_dir, float16_head=args.float16_head, seed_runs=seed_runs)
     meta = config["zoo"]
-    print(f"exported {meta['id']}: top-1 {meta['metrics']['top1']:.2f}% "
-          f"sha256 {meta['files']['model.safetensors']['sha256'][:12]}")  # fmt: skip
+    spread = seed_spread(meta["metrics"].get("seeds"))
+    print(f"exported {meta['id']} from {released}: top-1 {meta['metrics']['top1']:.2f}%"
+          f"{f', {spread}' if spread else ''} sha256 {meta['files']['model.safetensors']['sha256'][:12]}")  # fmt: skip
 
 
 if __name__ == "__main__":

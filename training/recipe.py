@@ -85,6 +85,9 @@ class TrainSection:
     epochs: int = 1
     batch_size: int = 128
     seed: int = 0
+    # A release's seeds (each trained into runs/<id>-s<seed>; export releases the best on held-out images and
+    # reports the spread); None: the one run of ``seed`` in runs/<id>.
+    seeds: list[int] | None = None
     label_smoothing: float = 0.0
     channels_last: bool = True
     checkpoint_every: int = 200  # optimizer steps between resumable saves (also saved at each epoch end)
@@ -92,6 +95,12 @@ class TrainSection:
     log_param_checksums: bool = False  # per-step weight checksums per rank (data-parallel tests)
     objective: str = "cross_entropy"  # see training/objectives.py
     teacher: TeacherSection | None = None
+
+    def __post_init__(self) -> None:
+        if self.seeds is not None and (
+            not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(type(s) is int for s in self.seeds)
+        ):
+            raise ValueError(f"recipe train.seeds must be a list of distinct integers, got {self.seeds!r}")
 
 
 @dataclass
@@ -178,3 +187,12 @@ class Recipe:
         out = dataclasses.asdict(self)
         out.pop("path")
         return out
+
+
+def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
+    """What a run's numbers depend on: the recipe with its defaults filled in, less its notes and its release's
+    seed list (so a recipe that gains either still resumes the runs it started)."""
+    out = Recipe.from_dict(raw).to_dict()
+    out.pop("notes")
+    out["train"].pop("seeds")
+    return out

@@ -3,7 +3,8 @@
 Without ids it regenerates every recipe in ``training/recipes/`` (one per released checkpoint), parents before
 the checkpoints that need them (dense parents sort first by name: ``resnet56.fmnist`` before
 ``resnet56_l1.fmnist``; fine-tunes need their source). Pruning recipes run their prune stage first. Runs resume
-from ``runs/<id>/state`` if interrupted; a finished run (``runs/<id>/result.json``) is only exported.
+from ``runs/<id>/state`` if interrupted; a finished run (``runs/<id>/result.json``) is only exported. A recipe with
+``train.seeds`` trains each seed into ``runs/<id>-s<seed>`` and exports the best on held-out images with the spread.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from training.export import export_run
 from training.finetune import train_finetune
 from training.recipe import Recipe
+from training.seeds import recipe_run_dir, released_run, seed_recipes
 from training.train import train_recipe
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -38,10 +40,12 @@ def main(argv: list[str] | None = None) -> None:
         if recipe.model.pretrained:  # a fine-tune: also its from-scratch twin, whose accuracy its card shows
             train_finetune(recipes[checkpoint_id], args.runs_dir)
         else:
-            run_dir = args.runs_dir / checkpoint_id
-            if not (run_dir / "result.json").exists():
-                train_recipe(recipe, run_dir)
-            export_run(run_dir)
+            run_dirs = []
+            for seed_recipe in seed_recipes(recipe):
+                run_dirs.append(recipe_run_dir(seed_recipe, args.runs_dir))
+                if not (run_dirs[-1] / "result.json").exists():
+                    train_recipe(seed_recipe, run_dirs[-1])
+            export_run(released_run(run_dirs), seed_runs=run_dirs if recipe.train.seeds else None)
         print(f"regenerated models/{checkpoint_id}")
 
 

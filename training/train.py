@@ -14,6 +14,7 @@ from pathlib import Path
 from training.park import restore_parked
 from training.prune import resolve_pruned_recipe
 from training.recipe import Recipe
+from training.seeds import recipe_run_dir
 from training.trainer import Trainer
 
 
@@ -33,7 +34,8 @@ def train_recipe(recipe: Recipe, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", type=Path)
-    parser.add_argument("--run-dir", type=Path, help="default: runs/<recipe id>")
+    parser.add_argument("--run-dir", type=Path, help="default: runs/<recipe id> (runs/<id>-s<seed> with train.seeds)")
+    parser.add_argument("--seed", type=int, help="train this seed (one of a release's train.seeds)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (smoke runs)")
     parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
     parser.add_argument(
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         recipe.train.epochs = args.epochs
     if args.limit is not None:
         recipe.data.limit = args.limit
-    train_recipe(recipe, args.run_dir or Path("runs") / recipe.id)
+    if args.seed is not None:
+        recipe.train.seed = args.seed
+    train_recipe(recipe, args.run_dir or recipe_run_dir(recipe, Path("runs")))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from training.objectives import ObjectiveContext, get_objective
-from training.recipe import Recipe, section_from_dict
+from training.recipe import Recipe, run_identity, section_from_dict
 from zoo.data import BatchAugment, BatchIterator, DecodedImages, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.hub import read_safetensors
@@ -61,7 +61,8 @@ class TrainState:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.recipe is not None and state.get("recipe") != self.recipe:
+        saved = state.get("recipe")
+        if self.recipe is not None and (saved is None or run_identity(saved) != run_identity(self.recipe)):
             raise ValueError(
                 "The saved training state was written by a different recipe (or different overrides). Resume with "
                 "the same recipe, or start fresh: delete the run's state/ folder or pass another --run-dir."
@@ -330,6 +331,7 @@ class Trainer:
             bar = tqdm(batches, total=len(loader) - self.state.step_in_epoch, disable=not acc.is_main_process,
                        desc=f"epoch {epoch + 1}/{r.train.epochs}", unit="batch")  # fmt: skip
             for images, labels in bar:
+                images, labels = images.to(acc.device), labels.to(acc.device)  # the loader batches on the CPU
                 if r.train.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 loss = self.compute_loss(model, images, labels)

@@ -98,6 +98,40 @@ def _history_table(history: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def seed_spread(seeds: dict[str, Any] | None) -> str:
+    """E.g. ``92.01 ± 0.21 (3 seeds)``: the mean ± sample std of a release's seeds; "" without several seeds."""
+    if not seeds or seeds["n"] < 2:
+        return ""
+    return f"{seeds['top1_mean']:.2f} ± {seeds['top1_std']:.2f} ({seeds['n']} seeds)"
+
+
+def _seed_rows(metrics: dict[str, Any]) -> str:
+    """The spread over the release's seeds and, when the parent has seeds too, the gap between the means."""
+    seeds = metrics.get("seeds")
+    if not seeds or seeds["n"] < 2:
+        return ""
+    per_seed = ", ".join(f"seed {s}: {t:.2f}" for s, t in zip(seeds["seeds"], seeds["top1"], strict=True))
+    rows = (f"| top-1 over the release's seeds, mean ± std | {seed_spread(seeds)}: {per_seed}; released: seed "
+            f"{seeds['released_seed']} ({seeds['released_by']}) |\n")  # fmt: skip
+    parent = metrics.get("dense_parent_seeds")
+    if parent and parent["n"] >= 2:
+        rows += (f"| the dense parent's seeds, mean ± std | {seed_spread(parent)} (this model's mean: "
+                 f"{seeds['top1_mean'] - parent['top1_mean']:+.2f} points) |\n")  # fmt: skip
+    return rows
+
+
+def _superseded(meta: dict[str, Any]) -> str:
+    """The checkpoints this one replaced, newest first, so a cached older file can be recognised."""
+    older = meta.get("supersedes") or []
+    if not older:
+        return ""
+    rows = ["This checkpoint replaces earlier releases under the same id (a cached copy with one of these sha256s",
+            "is an older model; loading the id now fetches this one):", "",
+            "| sha256 | top-1 (%) | schedule | code commit |", "| --- | --- | --- | --- |"]  # fmt: skip
+    rows += [f"| `{r['sha256']}` | {r['top1']:.2f} | {r['schedule']} | `{r['commit']}` |" for r in reversed(older)]
+    return "\n".join(rows) + "\n\n"
+
+
 def _comparison(label: str, reference: float, top1: float) -> str:
     gap = top1 - reference
     return f"| {label} | {reference:.2f} % (this model: {gap:+.2f} points) |\n"
@@ -221,7 +255,7 @@ def render_card(config: dict[str, Any]) -> str:
         "dataset": metrics["dataset"],
         "top1": f"{metrics['top1']:.2f}",
         "top5": f"{metrics['top5']:.2f}",
-        "parent_row": _comparison_rows(comp, metrics),
+        "parent_row": _seed_rows(metrics) + _comparison_rows(comp, metrics),
         "num_samples": metrics["num_samples"],
         "params": f"{comp['params']:,}",
         "flops": f"{comp['flops'] / 1e6:.2f} M",
@@ -244,6 +278,7 @@ def render_card(config: dict[str, Any]) -> str:
         "history": _history_table(training["history"]),
         "speed": _speed_section(meta.get("speed")),
         "pruning": _pruning_section(meta),
+        "superseded": _superseded(meta),
     }
     template = string.Template((CARDS_DIR / "template.md").read_text())
     return template.substitute(values)

@@ -19,6 +19,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _list_rows() -> list[dict[str, Any]]:
+    from zoo.cards import seed_spread
     from zoo.registry import load_manifest
 
     manifest = load_manifest()
@@ -34,6 +35,7 @@ def _list_rows() -> list[dict[str, Any]]:
             "BOPs": f"{comp['bops'] / 1e6:.2f}M",
             "size": f"{e['file_size'] / 1e6:.2f}MB",
             "top-1": f"{e['metrics']['top1']:.2f}",
+            "seeds: mean ± std": seed_spread(e["metrics"].get("seeds")) or "-",
             "dataset": e["metrics"]["dataset"],
             "vs dense parent": _versus_parent(e, manifest.get(comp.get("dense_parent") or "") or _reference_entry(e)),
         })  # fmt: skip

@@ -35,7 +35,8 @@ CSV_PATH = CARDS_DIR / CSV_NAME
 MD_PATH = CARDS_DIR / MD_NAME
 COLUMNS = ["id", "method", "family", "data", "top1", "top5", "params", "flops", "bops", "ops", "size_bytes",
            "weight_bits", "activation_bits", "latency_b1_ms", "latency_b64_ms", "latency_device", "latency_threads",
-           "dense_parent", "recipe", "sha256", "recorded_top1"]  # fmt: skip
+           "dense_parent", "recipe", "sha256", "recorded_top1", "seeds", "seeds_top1_mean",
+           "seeds_top1_std"]  # fmt: skip
 LATENCY_COLUMNS = ("latency_b1_ms", "latency_b64_ms", "latency_device", "latency_threads")
 PLOT_DPI = 110
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
@@ -88,7 +89,15 @@ def checkpoint_fields(checkpoint_id: str, config: dict[str, Any] | None = None) 
         "recipe": training.get("recipe") or f"training/recipes/{checkpoint_id}.yaml",
         "sha256": entry["sha256"],
         "recorded_top1": round(entry["metrics"]["top1"], 2),
+        **seed_fields(entry["metrics"].get("seeds")),
     }
+
+
+def seed_fields(seeds: dict[str, Any] | None) -> dict[str, Any]:
+    """How many seeds the release trained and the mean ± std of their test top-1 (recorded at export)."""
+    if not seeds or seeds["n"] < 2:
+        return {"seeds": 1, "seeds_top1_mean": "", "seeds_top1_std": ""}
+    return {"seeds": seeds["n"], "seeds_top1_mean": seeds["top1_mean"], "seeds_top1_std": seeds["top1_std"]}
 
 
 def measure_checkpoint(checkpoint_id: str, limit: int | None = None) -> dict[str, Any]:
@@ -245,10 +254,16 @@ def _cell(value: Any, fmt: str = "{}", scale: float = 1.0) -> str:
     return "-" if x is None else fmt.format(x / scale)
 
 
+def _seed_cell(row: dict[str, Any]) -> str:
+    if _number(row["seeds_top1_std"]) is None:
+        return "-"
+    return f"{float(row['seeds_top1_mean']):.2f} ± {float(row['seeds_top1_std']):.2f} (n={int(float(row['seeds']))})"
+
+
 def _measured_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     head = ["id", "method", "data", "top-1 (%)", "top-5 (%)", "params", "FLOPs (M)", "BOPs (M)", "OPs (M)",
             "size (KB)", "W/A bits", "latency b1 (ms)", "latency b64 (ms)", "latency on", "dense parent",
-            "export top-1 (%)", "Pareto front"]  # fmt: skip
+            "export top-1 (%)", "seeds: top-1 mean ± std (%)", "Pareto front"]  # fmt: skip
     on_ops, on_latency = _front_ids(rows, "ops"), _front_ids(rows, "latency_b1_ms")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
@@ -260,7 +275,7 @@ def _measured_table(rows: Sequence[dict[str, Any]]) -> list[str]:
                  _cell(r["ops"], "{:.2f}", 1e6), _cell(r["size_bytes"], "{:.1f}", 1e3),
                  f"{r['weight_bits']}/{r['activation_bits']}", _cell(r["latency_b1_ms"], "{:.3f}"),
                  _cell(r["latency_b64_ms"], "{:.3f}"), where, r["dense_parent"] or "-",
-                 _cell(r["recorded_top1"], "{:.2f}"), fronts]  # fmt: skip
+                 _cell(r["recorded_top1"], "{:.2f}"), _seed_cell(r), fronts]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
@@ -312,6 +327,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         "  is that measurement's device and thread count.",
         "  `-` where the checkpoint records no speed. Latencies taken on different devices are not comparable.",
         "- **export top-1**: the top-1 recorded in config.json when the checkpoint was exported (a check on top-1).",
+        "- **seeds**: for a release trained with several seeds, the mean ± sample std of their test top-1 (recorded",
+        "  at export); the row's other numbers are the released seed's, the one best on held-out training images.",
         "- **Pareto front**: on the front of top-1 vs OPs / vs batch-1 latency within its dataset (no other",
         "  checkpoint is at least as accurate for at most the same cost).",
         "",
