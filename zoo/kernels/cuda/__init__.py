@@ -198,5 +198,9 @@ def cuda_binary_conv2d(
     if algo == "simt":
         wp = packed_weight.detach().to(x.device)
         return ext.conv_simt(act, wp, out_channels, in_channels, kh, kw, sh, sw, ph, pw, **epilogue)
+    if not -1 <= config < ext.num_configs():
+        # Checked here, not only in C++: on the H200 image a failing TORCH_CHECK that formats an integer crashed the
+        # process (SIGSEGV in basic_ostream::_M_insert<long> inside the extension) instead of raising.
+        raise RuntimeError(f"unknown tile config {config}: use -1 (heuristic) or 0..{ext.num_configs() - 1}")
     wq, wtab = _prepared(packed_weight, in_channels, x.device)
     return ext.conv_mma(act, wq, wtab, out_channels, in_channels, kh, kw, sh, sw, ph, pw, config, **epilogue)
