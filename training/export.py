@@ -50,8 +50,10 @@ def release_recipe_path(recipe: Recipe, result: dict[str, Any]) -> str:
 
 def training_command(recipe: Recipe, recipe_path: str) -> str:
     """The command that regenerates the checkpoint (training resumes where a killed run stopped)."""
-    if recipe.train.seeds:
-        return f"python -m training.regenerate {recipe.id}  # trains seeds {recipe.train.seeds}, then exports"
+    path = repo_root() / recipe_path
+    seeds = Recipe.load(path).train.seeds if path.is_file() else recipe.train.seeds
+    if seeds:
+        return f"python -m training.regenerate {recipe.id}  # trains seeds {seeds}, then exports"
     return f"python -m training.train {recipe_path} && python -m training.export runs/{recipe.id}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,7 @@ class Recipe:
 def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
     """What a run's numbers depend on: the recipe with its defaults filled in, less its notes and its release's
     seed list (so a recipe that gains either still resumes the runs it started)."""
-    out = Recipe.from_dict(raw).to_dict()
+    out = json.loads(json.dumps(Recipe.from_dict(raw).to_dict()))  # as a result.json holds it (tuples as lists)
     out.pop("notes")
     out["train"].pop("seeds")
     return out

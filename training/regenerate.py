@@ -14,6 +14,7 @@ from pathlib import Path
 
 from training.export import export_run
 from training.finetune import train_finetune
+from training.park import restore_parked
 from training.recipe import Recipe
 from training.seeds import recipe_run_dir, released_run, seed_recipes
 from training.train import train_recipe
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             run_dirs = []
             for seed_recipe in seed_recipes(recipe):
                 run_dirs.append(recipe_run_dir(seed_recipe, args.runs_dir))
+                restore_parked(run_dirs[-1])  # a run another machine finished or left half-way (training/parked/)
                 if not (run_dirs[-1] / "result.json").exists():
                     train_recipe(seed_recipe, run_dirs[-1])
             export_run(released_run(run_dirs), seed_runs=run_dirs if recipe.train.seeds else None)
