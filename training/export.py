@@ -21,7 +21,7 @@ from training.seeds import final_held_out_top1, read_result, released_run, seed_
 from training.trainer import RUN_PREFIX, create_recipe_model, load_trained_model
 from zoo.bench import measure_checkpoint_speed
 from zoo.cards import render_card, seed_spread
-from zoo.checkpoint import state_dict_for_saving, update_checkpoint_config, write_checkpoint_folder
+from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.inference import PACKED_LAYOUT, pack_binary_weights, unpack_binary_weights
@@ -80,17 +80,16 @@ def seed_metrics(
     results = {d: read_result(d) for d in seed_runs}
     if released_dir.resolve() not in {d.resolve() for d in seed_runs}:
         raise ValueError(f"{released_dir} is not among the seed runs {[str(d) for d in seed_runs]}")
-    seed_of = {d: r["recipe"]["train"]["seed"] for d, r in results.items()}
-    top1, held_out = {}, {}
+    top1, held_out, released_seed = {}, {}, None
     for run_dir, result in results.items():
-        seed = seed_of[run_dir]
+        seed = result["recipe"]["train"]["seed"]
         held_out[seed] = final_held_out_top1(result, run_dir)
         if run_dir.resolve() == released_dir.resolve():
-            top1[seed] = released_top1
+            top1[seed], released_seed = released_top1, seed
             continue
         logits = predict_logits(load_trained_model(f"{RUN_PREFIX}{run_dir}"), test_x, spec.mean, spec.std)
         top1[seed] = accuracy(logits, test_y)["top1"]
-    return {"seeds": seed_statistics(top1, held_out, read_result(released_dir)["recipe"]["train"]["seed"])}
+    return {"seeds": seed_statistics(top1, held_out, released_seed)}
 
 
 def parent_metrics(parent_id: str | None) -> dict[str, Any]:
@@ -209,7 +208,8 @@ def export_run(
     ``extra_metrics`` (e.g. the from-scratch accuracy a fine-tuned model is compared with) go into config.json.
     ``float16_head`` stores the classifier's weight matrix in float16 (the top-1 is then measured on the model
     as stored). ``seed_runs``: every run of the recipe's seeds (``run_dir`` among them), whose test top-1 spread
-    the card reports. A checkpoint already at the destination is recorded as superseded.
+    the card reports. A checkpoint already at the destination is recorded as superseded (unless the weights are the
+    same).
     """
     result = json.loads((run_dir / "result.json").read_text())
     recipe = Recipe.from_dict(result["recipe"], result.get("recipe_path"))
@@ -241,19 +241,9 @@ def export_run(
         render_card,
         extra_files={GOLDEN_FILE: golden},
     )
-    if supersedes and supersedes[-1]["sha256"] == config["zoo"]["files"]["model.safetensors"]["sha256"]:
-        config = update_checkpoint_config(dest_root / recipe.id, _drop_last_superseded, render_card)
     if dest_root.resolve() == (repo_root() / "models").resolve():  # only the repository's hub feeds the manifest
         write_manifest(dest_root)
     return config
-
-
-def _drop_last_superseded(config: dict[str, Any]) -> None:
-    """The same weights exported again replace nothing."""
-    meta = config["zoo"]
-    meta["supersedes"] = meta["supersedes"][:-1]
-    if not meta["supersedes"]:
-        del meta["supersedes"]
 
 
 def main(argv: list[str] | None = None) -> None:

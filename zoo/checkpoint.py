@@ -54,7 +54,11 @@ def write_checkpoint_folder(
             save_file(tensors, str(tmp / rel), metadata={"format": "pt"})
         weights = tmp / WEIGHTS_NAME
         config = json.loads(json.dumps(config))  # a deep copy that is certainly JSON
-        config["zoo"]["files"] = {WEIGHTS_NAME: {"sha256": file_sha256(weights), "size": weights.stat().st_size}}
+        sha256 = file_sha256(weights)
+        config["zoo"]["files"] = {WEIGHTS_NAME: {"sha256": sha256, "size": weights.stat().st_size}}
+        replaced = [r for r in config["zoo"].pop("supersedes", []) if r["sha256"] != sha256]  # same weights: none
+        if replaced:
+            config["zoo"]["supersedes"] = replaced
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(render_card(config))
         for path in tmp.rglob("*"):
