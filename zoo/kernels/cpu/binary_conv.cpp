@@ -108,7 +108,20 @@ struct PackArgs {
   int64_t thN;             // threshold stride between samples (0: shared [C] thresholds)
   u64* out;
   int64_t CW;
+  bool nibbles;  // store each word as its two nibble words (the AVX2 conv's operand), PW = 2 * CW words per pixel
+  int64_t PW;
 };
+
+constexpr u64 kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
+
+inline void put_word(const PackArgs& a, u64* pixel, int64_t cw, u64 word) {
+  if (a.nibbles) {
+    pixel[2 * cw] = word & kLowNibbles;
+    pixel[2 * cw + 1] = (word >> 4) & kLowNibbles;
+  } else {
+    pixel[cw] = word;
+  }
+}
 
 // Portable path: any dtype, any strides. The comparison runs in double, which holds every float16 / bfloat16 /
 // float32 / float64 value exactly, so it is the comparison in the input's own dtype.
@@ -121,7 +134,7 @@ void pack_rows_generic(const PackArgs& a, int64_t r0, int64_t r1) {
     const T* tn = th + n * a.thN;
     for (int64_t w = 0; w < a.W; ++w) {
       const T* px = x + n * a.sN + h * a.sH + w * a.sW;
-      u64* o = a.out + (r * a.W + w) * a.CW;
+      u64* o = a.out + (r * a.W + w) * a.PW;
       for (int64_t cw = 0; cw < a.CW; ++cw) {
         const int64_t c0 = cw * 64, nb = std::min<int64_t>(64, a.C - c0);
         u64 word = 0;
@@ -129,7 +142,7 @@ void pack_rows_generic(const PackArgs& a, int64_t r0, int64_t r1) {
           const double v = static_cast<double>(px[(c0 + b) * a.sC]);
           word |= static_cast<u64>(v >= static_cast<double>(tn[c0 + b])) << b;
         }
-        o[cw] = word;
+        put_word(a, o, cw, word);
       }
     }
   }
@@ -144,7 +157,7 @@ ZOO_TARGET_AVX512 void pack_rows_nhwc_avx512(const PackArgs& a, int64_t r0, int6
     const float* tn = th + n * a.thN;
     for (int64_t w = 0; w < a.W; ++w) {
       const float* px = x + n * a.sN + h * a.sH + w * a.sW;
-      u64* o = a.out + (r * a.W + w) * a.CW;
+      u64* o = a.out + (r * a.W + w) * a.PW;
       for (int64_t cw = 0; cw < a.CW; ++cw) {
         u64 word = 0;
         for (int s = 0; s < 4; ++s) {
@@ -157,7 +170,7 @@ ZOO_TARGET_AVX512 void pack_rows_nhwc_avx512(const PackArgs& a, int64_t r0, int6
           const __mmask16 bits = _mm512_mask_cmp_ps_mask(m, v, t, _CMP_GE_OQ);
           word |= static_cast<u64>(bits) << (16 * s);
         }
-        o[cw] = word;
+        put_word(a, o, cw, word);
       }
     }
   }
@@ -172,7 +185,7 @@ ZOO_TARGET_AVX512 void pack_rows_nchw_avx512(const PackArgs& a, int64_t r0, int6
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / a.H, h = r % a.H;
     const float* tn = th + n * a.thN;
-    u64* orow = a.out + r * a.W * a.CW;
+    u64* orow = a.out + r * a.W * a.PW;
     for (int64_t cw = 0; cw < a.CW; ++cw) {
       const int64_t c0 = cw * 64, nb = std::min<int64_t>(64, a.C - c0);
       for (int64_t w0 = 0; w0 < a.W; w0 += 16) {
@@ -187,13 +200,13 @@ ZOO_TARGET_AVX512 void pack_rows_nchw_avx512(const PackArgs& a, int64_t r0, int6
           acc0 = _mm512_mask_or_epi64(acc0, static_cast<__mmask8>(m & 0xFF), acc0, bit);
           acc1 = _mm512_mask_or_epi64(acc1, static_cast<__mmask8>(m >> 8), acc1, bit);
         }
-        if (a.CW == 1) {
+        if (a.PW == 1) {
           _mm512_mask_storeu_epi64(orow + w0, static_cast<__mmask8>(lm & 0xFF), acc0);
           _mm512_mask_storeu_epi64(orow + w0 + 8, static_cast<__mmask8>(lm >> 8), acc1);
         } else {
           _mm512_store_si512(tmp, acc0);
           _mm512_store_si512(tmp + 8, acc1);
-          for (int64_t i = 0; i < cnt; ++i) orow[(w0 + i) * a.CW + cw] = tmp[i];
+          for (int64_t i = 0; i < cnt; ++i) put_word(a, orow + (w0 + i) * a.PW, cw, tmp[i]);
         }
       }
     }
@@ -213,7 +226,7 @@ ZOO_TARGET_AVX2 void pack_rows_nhwc_avx2(const PackArgs& a, int64_t r0, int64_t 
     const float* tn = th + n * a.thN;
     for (int64_t w = 0; w < a.W; ++w) {
       const float* px = x + n * a.sN + h * a.sH + w * a.sW;
-      u64* o = a.out + (r * a.W + w) * a.CW;
+      u64* o = a.out + (r * a.W + w) * a.PW;
       for (int64_t cw = 0; cw < a.CW; ++cw) {
         u64 word = 0;
         for (int s = 0; s < 8; ++s) {
@@ -234,12 +247,15 @@ ZOO_TARGET_AVX2 void pack_rows_nhwc_avx2(const PackArgs& a, int64_t r0, int64_t 
           const unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_GE_OQ))) & valid;
           word |= static_cast<u64>(bits) << (8 * s);
         }
-        o[cw] = word;
+        put_word(a, o, cw, word);
       }
     }
   }
 }
 
+// float32, width stride 1 (NCHW-like): 8 pixels of one channel per compare. Channel b's compare mask is ANDed with
+// its bit in 32-bit lanes (channels 0..31 and 32..63 of a word in two accumulators, one lane per pixel), and the two
+// halves are interleaved into 64-bit words once per word.
 ZOO_TARGET_AVX2 void pack_rows_nchw_avx2(const PackArgs& a, int64_t r0, int64_t r1) {
   const float* x = static_cast<const float*>(a.x);
   const float* th = static_cast<const float*>(a.th);
@@ -247,31 +263,38 @@ ZOO_TARGET_AVX2 void pack_rows_nchw_avx2(const PackArgs& a, int64_t r0, int64_t 
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / a.H, h = r % a.H;
     const float* tn = th + n * a.thN;
-    u64* orow = a.out + r * a.W * a.CW;
+    u64* orow = a.out + r * a.W * a.PW;
     for (int64_t cw = 0; cw < a.CW; ++cw) {
       const int64_t c0 = cw * 64, nb = std::min<int64_t>(64, a.C - c0);
       for (int64_t w0 = 0; w0 < a.W; w0 += 8) {
         const int64_t cnt = std::min<int64_t>(8, a.W - w0);
         const __m256i lm = avx2_tail_mask(cnt);
         const float* px = x + n * a.sN + h * a.sH + w0 + c0 * a.sC;
-        __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-        for (int64_t b = 0; b < nb; ++b) {
-          const __m256 v = _mm256_maskload_ps(px + b * a.sC, lm);
-          const __m256i m = _mm256_and_si256(
-              _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(tn[c0 + b]), _CMP_GE_OQ)), lm);
-          const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(1ULL << b));
-          acc0 = _mm256_or_si256(acc0, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), bit));
-          acc1 = _mm256_or_si256(acc1, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), bit));
+        __m256i half[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int64_t b0 = 0; b0 < nb; b0 += 32) {
+          __m256i bit = _mm256_set1_epi32(1), acc = _mm256_setzero_si256();
+          const int64_t b1 = std::min<int64_t>(nb, b0 + 32);
+          for (int64_t b = b0; b < b1; ++b) {
+            const float* row = px + b * a.sC;
+            // Lanes past the row's end read 0 and are never stored.
+            const __m256 v = cnt == 8 ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, lm);
+            const __m256 t = _mm256_broadcast_ss(tn + c0 + b);
+            acc = _mm256_or_si256(acc, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ)), bit));
+            bit = _mm256_slli_epi32(bit, 1);
+          }
+          half[b0 / 32] = acc;
         }
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc0);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), acc1);
-        for (int64_t i = 0; i < cnt; ++i) orow[(w0 + i) * a.CW + cw] = tmp[i];
+        const __m256i p0145 = _mm256_unpacklo_epi32(half[0], half[1]);  // 64-bit words of pixels 0 1 | 4 5
+        const __m256i p2367 = _mm256_unpackhi_epi32(half[0], half[1]);  // pixels 2 3 | 6 7
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), _mm256_permute2x128_si256(p0145, p2367, 0x20));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), _mm256_permute2x128_si256(p0145, p2367, 0x31));
+        for (int64_t i = 0; i < cnt; ++i) put_word(a, orow + (w0 + i) * a.PW, cw, tmp[i]);
       }
     }
   }
 }
 
-void pack_into(const torch::Tensor& x, const void* th, int64_t thN, torch::Tensor& out, int64_t isa) {
+void pack_into(const torch::Tensor& x, const void* th, int64_t thN, torch::Tensor& out, int64_t isa, bool nibbles) {
   PackArgs a;
   a.x = x.data_ptr();
   a.N = x.size(0);
@@ -285,7 +308,9 @@ void pack_into(const torch::Tensor& x, const void* th, int64_t thN, torch::Tenso
   a.th = th;
   a.thN = thN;
   a.out = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
-  a.CW = out.size(3);
+  a.nibbles = nibbles;
+  a.PW = out.size(3);
+  a.CW = nibbles ? a.PW / 2 : a.PW;
   const int64_t rows = a.N * a.H;
   if (rows == 0 || a.W == 0) return;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, a.W * a.C));
@@ -349,7 +374,7 @@ torch::Tensor pack_activations(const torch::Tensor& x, const std::optional<torch
   const Threshold th = prepare_threshold(x, threshold);
   torch::Tensor out =
       torch::empty({x.size(0), x.size(2), x.size(3), ceil_div(x.size(1), 64)}, x.options().dtype(torch::kLong));
-  pack_into(x, th.ptr, th.stride_n, out, isa);
+  pack_into(x, th.ptr, th.stride_n, out, isa, false);
   return out;
 }
 
@@ -378,8 +403,6 @@ torch::Tensor pack_weights(const torch::Tensor& w) {
 }
 
 int64_t lanes_for(int64_t O) { return 8 * std::min<int64_t>(4, ceil_div(O, 8)); }
-
-constexpr u64 kLowNibbles = 0x0F0F0F0F0F0F0F0FULL;
 
 // The AVX2 kernel reads every word as two nibble words (see the header comment).
 bool splits_nibbles(int64_t isa) { return isa == kAvx2; }
@@ -826,11 +849,13 @@ Epilogue prepare_epilogue(const std::optional<torch::Tensor>& scale, const std::
 
 const float* float_ptr(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH,
-                          int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t isa,
-                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
-                          const std::optional<torch::Tensor>& residual, const std::optional<torch::Tensor>& prelu,
-                          const std::optional<double>& clamp_min, const std::optional<double>& clamp_max) {
+// act: packed activations [N, H, W, CW], or (split_act, the AVX2 path only) already in nibble words [N, H, W, 2 * CW].
+torch::Tensor conv_operand(const torch::Tensor& act, bool split_act, const torch::Tensor& wblocked, int64_t O,
+                           int64_t C, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           int64_t isa, const std::optional<torch::Tensor>& scale,
+                           const std::optional<torch::Tensor>& bias, const std::optional<torch::Tensor>& residual,
+                           const std::optional<torch::Tensor>& prelu, const std::optional<double>& clamp_min,
+                           const std::optional<double>& clamp_max) {
   TORCH_CHECK(act.dim() == 4 && act.scalar_type() == torch::kLong && act.device().is_cpu(),
               "zoo binary kernel: packed activations must be a CPU int64 tensor [N, H, W, CW]");
   TORCH_CHECK(wblocked.dim() == 3 && wblocked.scalar_type() == torch::kLong && wblocked.device().is_cpu(),
@@ -841,14 +866,16 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   isa = resolve_isa(isa);
   const int64_t CW = ceil_div(C, 64), T = KH * KW, K = T * CW, R = word_rows(isa, K), NB = lanes_for(O);
   const int64_t nOB = ceil_div(O, NB);
-  TORCH_CHECK(act.size(3) == CW, "zoo binary kernel: packed activations hold ", act.size(3), " words per pixel, ",
-              "in_channels=", C, " needs ", CW);
+  TORCH_CHECK(!split_act || splits_nibbles(isa), "zoo binary kernel: nibble-word activations on the ", isa_name(isa),
+              " path");
+  TORCH_CHECK(act.size(3) == (split_act ? 2 * CW : CW), "zoo binary kernel: packed activations hold ", act.size(3),
+              " words per pixel, in_channels=", C, " needs ", CW);
   TORCH_CHECK(wblocked.size(0) == nOB && wblocked.size(1) == R + T && wblocked.size(2) == NB,
               "zoo binary kernel: blocked weights ", wblocked.sizes(), " do not match O=", O, " C=", C, " kernel ", KH,
               "x", KW, " on the ", isa_name(isa), " path (expected [", nOB, ", ", R + T, ", ", NB,
               "]; block_weights(packed, isa) gives the layout of that ISA path)");
   TORCH_CHECK(C * T < (int64_t{1} << 30), "zoo binary kernel: in_channels*KH*KW must be < 2^30, got ", C * T);
-  const torch::Tensor a = splits_nibbles(isa) ? split_nibbles(act.contiguous()) : act.contiguous();
+  const torch::Tensor a = splits_nibbles(isa) && !split_act ? split_nibbles(act.contiguous()) : act.contiguous();
   const torch::Tensor wb = wblocked.contiguous();
   const int64_t N = act.size(0), H = act.size(1), W = act.size(2), PW = splits_nibbles(isa) ? 2 * CW : CW;
   const int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
@@ -935,6 +962,15 @@ torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocke
   return out.permute({0, 3, 1, 2});
 }
 
+torch::Tensor conv_packed(const torch::Tensor& act, const torch::Tensor& wblocked, int64_t O, int64_t C, int64_t KH,
+                          int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t isa,
+                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
+                          const std::optional<torch::Tensor>& residual, const std::optional<torch::Tensor>& prelu,
+                          const std::optional<double>& clamp_min, const std::optional<double>& clamp_max) {
+  return conv_operand(act, false, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias, residual, prelu,
+                      clamp_min, clamp_max);
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // SD-BNN's activation self-distribution as a packing threshold.
 // ------------------------------------------------------------------------------------------------------------------
@@ -978,8 +1014,14 @@ torch::Tensor binary_conv2d(const torch::Tensor& x, const std::optional<torch::T
   TORCH_CHECK(x.size(1) == C, "zoo binary kernel: input has ", x.size(1), " channels, in_channels=", C);
   const std::optional<torch::Tensor> tau = asd ? std::optional<torch::Tensor>(asd_threshold(x, *asd_fc1, *asd_fc2))
                                                : threshold;
-  return conv_packed(pack_activations(x, tau, isa), wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias,
-                     residual, prelu, clamp_min, clamp_max);
+  // Packed straight into the conv's operand layout (nibble words on the AVX2 path): no second pass over the words.
+  const Threshold th = prepare_threshold(x, tau);
+  const bool nibbles = splits_nibbles(isa);
+  torch::Tensor words = torch::empty({x.size(0), x.size(2), x.size(3), (nibbles ? 2 : 1) * ceil_div(C, 64)},
+                                     x.options().dtype(torch::kLong));
+  pack_into(x, th.ptr, th.stride_n, words, isa, nibbles);
+  return conv_operand(words, nibbles, wblocked, O, C, KH, KW, sh, sw, ph, pw, isa, scale, bias, residual, prelu,
+                      clamp_min, clamp_max);
 }
 
 std::vector<std::string> available_isas() {
