@@ -100,6 +100,21 @@ def test_with_a_holdout_each_epoch_is_measured_on_it_and_only_the_end_on_the_tes
     assert result["metrics"]["num_samples"] == 500  # the final numbers: the test split
 
 
+@pytest.mark.parametrize("arch", ["resnet20", "resnet20_bnn"])
+def test_a_bf16_mixed_precision_run_trains_and_keeps_float32_weights(tmp_path, arch):
+    raw = tiny_recipe(epochs=1, mixed_precision="bf16")
+    raw["model"]["architecture"] = arch
+    result = fit(raw, tmp_path / arch)
+    weights = load_file(tmp_path / arch / "final.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    assert result["recipe"]["train"]["mixed_precision"] == "bf16" and result["metrics"]["top1"] > 10.0
+
+
+def test_an_unknown_mixed_precision_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"train.mixed_precision must be one of \['bf16', 'no'\]"):
+        Recipe.from_dict(tiny_recipe(epochs=1, mixed_precision="fp16"))
+
+
 @pytest.mark.slow
 def test_resume_under_a_different_recipe_is_refused(tmp_path):
     # Resuming with, e.g., more epochs would silently change the schedule the saved steps followed.

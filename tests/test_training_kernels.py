@@ -102,8 +102,42 @@ def test_the_packed_training_conv_is_used_only_where_it_is_exact() -> None:
     assert not conv.eval()._runs_packed_in_training(x)  # eval: F.conv2d, which FLOP/BOP counting sees
     real_weights = BinaryConv2d(8, 8, 3, 1, 1, weight_estimator="identity").train()
     assert not real_weights._runs_packed_in_training(x)  # two-step step 1: real weights, not a binary conv
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not conv.train()._runs_packed_in_training(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the forward stays exact, packed
+        assert conv.train()._runs_packed_in_training(x) and conv._runs_packed_in_training(x.bfloat16())
+
+
+def _conv_grads(conv: BinaryConv2d, x: torch.Tensor, context) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_()
+    conv.zero_grad(set_to_none=True)
+    with context:
+        out = conv(x)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)) / 3)
+    return out.detach().float(), x.grad, conv.weight.grad
+
+
+def test_binary_convs_under_autocast_keep_an_exact_forward_and_round_only_the_backward() -> None:
+    from contextlib import nullcontext
+
+    torch.manual_seed(0)
+    conv = BinaryConv2d(32, 32, 3, 1, 1).train()
+    x = torch.randn(4, 32, 9, 9).contiguous(memory_format=torch.channels_last)
+    want, got = _conv_grads(conv, x, nullcontext()), _conv_grads(conv, x, torch.autocast("cpu", dtype=torch.bfloat16))
+    assert torch.equal(got[0], want[0])  # integer sums, exact either way
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert g.dtype == w.dtype == torch.float32 and not torch.equal(g, w)  # the bf16 backward did run...
+        assert (g - w).norm() < 1e-2 * w.norm()  # ...and only rounded the incoming gradient
+    assert torch.equal(_conv_grads(conv, x, nullcontext())[1], want[1])  # float32 again once autocast ends
+
+
+def test_a_mixed_precision_step_returns_float32_logits_and_float32_gradients() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20_ir2net", num_classes=10, in_chans=1).train()
+    x = torch.randn(4, 1, 28, 28)
+    context = ObjectiveContext(autocast_dtype=torch.bfloat16)
+    logits, restricted = context.forward(model, x, restricted_pair=True)
+    assert logits.dtype == restricted.dtype == torch.float32
+    get_objective("ir2net")(model, x, torch.arange(4), context).backward()
+    assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.float32}
 
 
 def test_the_throughput_benchmark_times_both_paths_side_by_side() -> None:

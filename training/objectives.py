@@ -28,6 +28,16 @@ from zoo.prune.aip import (
 class ObjectiveContext:
     label_smoothing: float = 0.0
     teacher: nn.Module | None = None  # frozen, eval mode; sees the unmasked images
+    autocast_dtype: torch.dtype | None = None  # the recipe's train.mixed_precision (training/recipe.py)
+
+    def forward(self, model: nn.Module, images: torch.Tensor, **kwargs: Any) -> Any:
+        """``model(images, **kwargs)`` with float32 outputs: in mixed precision the models run under
+        ``torch.autocast`` (bfloat16 where autocast chooses it) while every loss stays in float32."""
+        if self.autocast_dtype is None:
+            return model(images, **kwargs)
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+            out = model(images, **kwargs)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, ObjectiveContext], torch.Tensor]
@@ -42,18 +52,18 @@ def _teacher_logits(context: ObjectiveContext, images: torch.Tensor) -> torch.Te
     if context.teacher is None:
         raise ValueError("this objective distils from a teacher: set train.teacher in the recipe")
     with torch.no_grad():
-        return context.teacher(images)
+        return context.forward(context.teacher, images)
 
 
 def cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: ObjectiveContext) -> torch.Tensor:
-    return F.cross_entropy(model(images), labels, label_smoothing=ctx.label_smoothing)
+    return F.cross_entropy(ctx.forward(model, images), labels, label_smoothing=ctx.label_smoothing)
 
 
 def ir2net_two_pass(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: ObjectiveContext
 ) -> torch.Tensor:
     """IR²Net's CIFAR loss: ½ [CE(f(x), y) + CE(f(x ⊙ M), y)], gradients through both passes, mask detached."""
-    logits, restricted = model(images, restricted_pair=True)
+    logits, restricted = ctx.forward(model, images, restricted_pair=True)
     return 0.5 * (
         F.cross_entropy(logits, labels, label_smoothing=ctx.label_smoothing)
         + F.cross_entropy(restricted, labels, label_smoothing=ctx.label_smoothing)
@@ -62,7 +72,7 @@ def ir2net_two_pass(
 
 def distribution(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: ObjectiveContext) -> torch.Tensor:
     """SD-BNN's ImageNet loss: distillation from the teacher, H(p_T(x), p_S(x)); labels are not used."""
-    return soft_cross_entropy(model(images), _teacher_logits(ctx, images))
+    return soft_cross_entropy(ctx.forward(model, images), _teacher_logits(ctx, images))
 
 
 def ir2net_distribution(
@@ -70,7 +80,7 @@ def ir2net_distribution(
 ) -> torch.Tensor:
     """IR²Net's ImageNet loss: ½ [H(p_T(x), p_S(x)) + H(p_T(x), p_S(x ⊙ M))], the teacher sees x only."""
     teacher = _teacher_logits(ctx, images)
-    logits, restricted = model(images, restricted_pair=True)
+    logits, restricted = ctx.forward(model, images, restricted_pair=True)
     return 0.5 * (soft_cross_entropy(logits, teacher) + soft_cross_entropy(restricted, teacher))
 
 
@@ -113,9 +123,9 @@ class AdversarialDistillation:
             raise ValueError("the aip objective distils from the dense parent: set train.teacher.checkpoint")
         s = self.settings
         with torch.no_grad(), stage_outputs(ctx.teacher) as teacher_maps:
-            teacher_logits = ctx.teacher(images)
+            teacher_logits = ctx.forward(ctx.teacher, images)
         with stage_outputs(model) as student_maps:
-            student_logits = model(images)
+            student_logits = ctx.forward(model, images)
 
         self.discriminator.requires_grad_(True)
         d_loss = real_or_fake_loss(self.discriminator(teacher_logits), True) + real_or_fake_loss(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 
@@ -81,6 +82,10 @@ class ScheduleSection:
     gamma: float = 0.1  # step
 
 
+#: train.mixed_precision -> the dtype the forwards autocast to (None: float32 throughout).
+MIXED_PRECISION: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16}
+
+
 @dataclass
 class TrainSection:
     epochs: int = 1
@@ -96,8 +101,15 @@ class TrainSection:
     log_param_checksums: bool = False  # per-step weight checksums per rank (data-parallel tests)
     objective: str = "cross_entropy"  # see training/objectives.py
     teacher: TeacherSection | None = None
+    # "bf16": forwards under torch.autocast(bfloat16) (convs in bf16; binary convs' forward still exact on the packed
+    # kernel, their backward in bf16), losses and the optimizer in float32. "no": float32 throughout.
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"recipe train.mixed_precision must be one of {sorted(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
         if self.seeds is not None and (
             not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(type(s) is int for s in self.seeds)
         ):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from training.objectives import ObjectiveContext, get_objective
-from training.recipe import Recipe, run_identity, section_from_dict
+from training.recipe import MIXED_PRECISION, Recipe, run_identity, section_from_dict
 from zoo.data import BatchAugment, BatchIterator, DecodedImages, dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 from zoo.hub import read_safetensors
@@ -243,7 +243,9 @@ class Trainer:
         self.objective = get_objective(
             recipe.train.objective, self.spec.num_classes, aip, self.accelerator.device, recipe.train.seed
         )
-        self.objective_context = ObjectiveContext(recipe.train.label_smoothing)
+        self.objective_context = ObjectiveContext(
+            recipe.train.label_smoothing, autocast_dtype=MIXED_PRECISION[recipe.train.mixed_precision]
+        )
         self.commit = git_commit()  # at start: the code that runs, not what the tree holds at the end
 
     def _data(self) -> tuple[BatchIterator, tuple[Images, torch.Tensor], tuple[Images, torch.Tensor]]:

@@ -7,6 +7,8 @@ Training on the CPU runs the forward ``conv2d(sign(x), sign(w))`` on the packed 
 conv in one call; its integer sums are exact, so the output equals the float conv's bit for bit) and the backward
 as the float conv's backward on the recomputed ±1 operands, then the estimators' derivatives: the same numbers as
 the sign-then-``F.conv2d`` path, at a fraction of its forward cost and without keeping the ±1 input for backward.
+Under ``torch.autocast`` (a recipe's ``train.mixed_precision: bf16``) the forward is still the exact packed one and
+the backward's two convs run in the autocast dtype, as autocast's own conv2d would.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class _PackedTrainingConv(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, conv: BinaryConv2d) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conv = conv
+        # In bfloat16 the ±1 operands are exact and the convs accumulate in float32: only the incoming gradient rounds.
+        ctx.backward_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
         out = binary_conv2d(
             x, pack_weights(weight), conv.out_channels, conv.in_channels, conv.kernel_size, conv.stride, conv.padding
         )
@@ -35,15 +39,15 @@ class _PackedTrainingConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, weight = ctx.saved_tensors
-        conv = ctx.conv
+        conv, dtype = ctx.conv, ctx.backward_dtype
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad, hard_sign(x), hard_sign(weight), None, conv.stride, conv.padding, conv.dilation, False, [0, 0], 1,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+            grad.to(dtype), hard_sign(x).to(dtype), hard_sign(weight).to(dtype), None, conv.stride, conv.padding,
+            conv.dilation, False, [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )  # fmt: skip
         if grad_x is not None:
-            grad_x = conv.input_quantizer.backward_of(grad_x, x)
+            grad_x = conv.input_quantizer.backward_of(grad_x.to(x.dtype), x)
         if grad_w is not None:
-            grad_w = conv.weight_quantizer.backward_of(grad_w, weight)
+            grad_w = conv.weight_quantizer.backward_of(grad_w.to(weight.dtype), weight)
         return grad_x, grad_w, None
 
 
@@ -84,9 +88,8 @@ class BinaryConv2d(nn.Conv2d):
             self.training
             and binary
             and x.device.type == "cpu"
-            and x.dtype is torch.float32
+            and (x.dtype is torch.float32 or torch.is_autocast_enabled("cpu"))
             and self.weight.dtype is torch.float32
-            and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and kernel_backend() != "torch-fallback"

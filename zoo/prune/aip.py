@@ -50,8 +50,8 @@ def real_or_fake_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
 
 
 def attention_map(features: torch.Tensor) -> torch.Tensor:
-    """Zagoruyko & Komodakis: a(F) = normalize(mean_c F^2), flattened per image."""
-    return F.normalize(features.pow(2).mean(dim=1).flatten(1), dim=1)
+    """Zagoruyko & Komodakis: a(F) = normalize(mean_c F^2), flattened per image (in float32, whatever F's dtype)."""
+    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
 
 
 def attention_transfer_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
