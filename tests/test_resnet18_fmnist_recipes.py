@@ -133,3 +133,23 @@ def test_a_needed_run_without_a_recipe_names_the_fix(recorded_training):
     with pytest.raises(FileNotFoundError, match=r"runs/nowhere.tiny is needed .*/parents/nowhere.tiny.yaml"):
         regenerate.main(["child.tiny"])
     assert recorded_training == []
+
+
+def test_a_pruning_recipe_needs_the_run_it_prunes() -> None:
+    from training.regenerate import required_runs
+
+    raw = tiny_recipe(epochs=1)
+    raw["prune"] = {"method": "l1", "parent": "run:runs/parent.tiny-s0", "init": "inherit", "flops_reduction": 0.5}
+    raw["train"]["teacher"] = {"checkpoint": "run:runs/parent.tiny-s0"}
+    assert required_runs(Recipe.from_dict(raw)) == [Path("runs/parent.tiny-s0")]
+
+
+def test_every_run_a_release_recipe_needs_has_a_recipe_that_trains_it() -> None:
+    from training.regenerate import recipe_for_run, release_recipes, required_runs
+
+    needed = {run for path in release_recipes().values() for run in required_runs(Recipe.load(path))}
+    assert Path("runs/resnet56.fmnist-s0") in needed and Path("runs/resnet18_dense.fmnist") in needed
+    for run in needed:
+        recipe = recipe_for_run(run)
+        assert recipe is not None, run
+        assert run.name in (recipe.id, f"{recipe.id}-s{recipe.train.seed}")

@@ -1,10 +1,11 @@
 """Regenerate released checkpoints: ``python -m training.regenerate [id ...]`` trains and exports each recipe.
 
 Without ids it regenerates every recipe in ``training/recipes/`` (one per released checkpoint). The runs a recipe
-starts from or distils from (``model.init_from: runs/<run>/...``, ``train.teacher.checkpoint: run:runs/<run>``) are
-trained first when they have not finished, from the recipe named after the run (``training/recipes/<run>.yaml`` or
-``training/recipes/parents/<run>.yaml``, ``<run>`` less a ``-s<seed>`` suffix, trained with that seed): e.g. a
-two-step BNN's step 1 and its teacher. Fine-tunes need their source. Pruning recipes run their prune stage first.
+starts from, prunes or distils from (``model.init_from: runs/<run>/...``, ``prune.parent: run:runs/<run>``,
+``train.teacher.checkpoint: run:runs/<run>``) are trained first when they have not finished, from the recipe named
+after the run (``training/recipes/<run>.yaml`` or ``training/recipes/parents/<run>.yaml``, ``<run>`` less a
+``-s<seed>`` suffix, trained with that seed): e.g. a two-step BNN's step 1 and its teacher, or the dense parent's
+seed 0 that the pruned ResNet-56s start from. Fine-tunes need their source. Pruning recipes run their prune stage first.
 Runs resume from ``runs/<id>/state`` if interrupted (or from ``training/parked/``); a finished run
 (``runs/<id>/result.json``) is only exported. A recipe with ``train.seeds`` trains each seed into
 ``runs/<id>-s<seed>`` and exports the best on held-out images with the spread.
@@ -32,10 +33,12 @@ def release_recipes() -> dict[str, Path]:
 
 
 def required_runs(recipe: Recipe) -> list[Path]:
-    """The run folders ``recipe`` starts from (``model.init_from``) or distils from (``train.teacher.checkpoint``)."""
+    """The run folders ``recipe`` starts from (``model.init_from``), prunes (``prune.parent: run:runs/<run>``) or
+    distils from (``train.teacher.checkpoint: run:runs/<run>``)."""
     teacher = recipe.train.teacher.checkpoint if recipe.train.teacher is not None else None
-    refs = [recipe.model.init_from, teacher.removeprefix("run:") if teacher and teacher.startswith("run:") else None]
-    runs = [Path(*Path(ref).parts[:2]) for ref in refs if ref and Path(ref).parts[:1] == ("runs",)]
+    references = [teacher, recipe.prune.parent if recipe.prune is not None else None]
+    paths = [recipe.model.init_from, *(r.removeprefix("run:") for r in references if r and r.startswith("run:"))]
+    runs = [Path(*Path(path).parts[:2]) for path in paths if path and Path(path).parts[:1] == ("runs",)]
     return list(dict.fromkeys(runs))
 
 
