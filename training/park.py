@@ -8,12 +8,21 @@ from it, with the same numbers as a run that was never interrupted (the state ho
 schedule, data order position and random generators). Park again before each stop. A finished run parks its
 ``final.safetensors`` and ``result.json`` instead, so a later machine can export it (``python -m training.export``)
 or use it as a ``run:`` teacher / parent; delete the parked copy once it is released.
+
+``python -m training.regenerate <id> --park-every 15 --commit`` does this on its own while it trains: every 15
+minutes and when a run ends it parks the run and commits just that parked folder (:func:`parked_while_training`), so
+a machine taken back mid-run loses at most 15 minutes of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from training.trainer import STATE_DIR, latest_state
@@ -74,6 +83,59 @@ def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
         else:
             shutil.copy2(item, target)
     return True
+
+
+def describe_parked(parked: Path) -> str:
+    """A commit message for a parked run: its test and held-out top-1 when finished, else the epochs it has done."""
+    if (parked / RESULT).is_file():
+        result = json.loads((parked / RESULT).read_text())
+        held_out = result["history"][-1].get("val_top1") if result.get("history") else None
+        return f"Park the finished {parked.name} run: test {result['metrics']['top1']}%, held-out {held_out}%"
+    lines = (parked / "metrics.jsonl").read_text().splitlines() if (parked / "metrics.jsonl").is_file() else []
+    epochs = json.loads(lines[-1])["epoch"] if lines else 0
+    return f"Re-park {parked.name} at its latest resumable state ({epochs} epochs done)"
+
+
+def commit_parked(parked: Path) -> None:
+    """``git commit`` just ``parked`` (whatever else the work tree holds stays uncommitted), if it changed."""
+    subprocess.run(["git", "add", "--all", "--", str(parked)], check=True)
+    if subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(parked)]).returncode:
+        subprocess.run(["git", "commit", "-q", "-m", describe_parked(parked), "--", str(parked)], check=True)
+
+
+@contextmanager
+def parked_while_training(
+    run_dir: Path, minutes: float, commit: bool = False, parked_root: Path = PARKED_DIR
+) -> Iterator[None]:
+    """Park ``run_dir`` every ``minutes`` while the block trains it and once more as it ends (finished or not), and
+    with ``commit`` commit each parked copy. A state over the size limit is reported once and not parked."""
+    stop, refused = threading.Event(), []
+
+    def park_now() -> None:
+        try:
+            dest = park(run_dir, parked_root)
+        except (FileNotFoundError, shutil.Error):  # no state yet, or one the trainer replaced while it was copied
+            return
+        except ValueError as too_big:
+            if not refused:
+                print(f"not parking: {too_big}", flush=True)
+            refused.append(too_big)
+            return
+        if commit:
+            commit_parked(dest)
+
+    def every_few_minutes() -> None:
+        while not stop.wait(minutes * 60):
+            park_now()
+
+    thread = threading.Thread(target=every_few_minutes, name=f"park {run_dir.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        park_now()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,18 +8,20 @@ after the run (``training/recipes/<run>.yaml`` or ``training/recipes/parents/<ru
 seed 0 that the pruned ResNet-56s start from. Fine-tunes need their source. Pruning recipes run their prune stage first.
 Runs resume from ``runs/<id>/state`` if interrupted (or from ``training/parked/``); a finished run
 (``runs/<id>/result.json``) is only exported. A recipe with ``train.seeds`` trains each seed into
-``runs/<id>-s<seed>`` and exports the best on held-out images with the spread.
+``runs/<id>-s<seed>`` and exports the best on held-out images with the spread. ``--park-every MINUTES [--commit]``
+parks (and commits) each run while it trains, for a machine that may be taken back (``training/park.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.export import export_run
 from training.finetune import train_finetune
-from training.park import restore_parked
+from training.park import parked_while_training, restore_parked
 from training.recipe import Recipe
 from training.seeds import recipe_run_dir, released_run, seed_recipes, with_seed
 from training.train import train_recipe
@@ -30,6 +32,23 @@ RECIPES_DIR = Path(__file__).with_name("recipes")
 def release_recipes() -> dict[str, Path]:
     """Recipe path per checkpoint id, for the recipes named ``<id>.yaml``."""
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+@dataclass(frozen=True)
+class Parking:
+    """How runs are parked while they train: every ``minutes`` (None: not at all), each parked copy committed?"""
+
+    minutes: float | None = None
+    commit: bool = False
+
+
+def train_parked(recipe: Recipe, run_dir: Path, parking: Parking) -> None:
+    """Train ``recipe`` in ``run_dir``, parking it as ``parking`` says."""
+    if parking.minutes is None:
+        train_recipe(recipe, run_dir)
+        return
+    with parked_while_training(run_dir, parking.minutes, parking.commit):
+        train_recipe(recipe, run_dir)
 
 
 def required_runs(recipe: Recipe) -> list[Path]:
@@ -53,7 +72,7 @@ def recipe_for_run(run_dir: Path) -> Recipe | None:
     return None
 
 
-def ensure_finished(run_dir: Path, chain: tuple[Path, ...] = ()) -> None:
+def ensure_finished(run_dir: Path, parking: Parking = Parking(), chain: tuple[Path, ...] = ()) -> None:
     """Train ``run_dir`` (and first what it needs) unless it has finished here or in ``training/parked/``."""
     restore_parked(run_dir)
     if (run_dir / "result.json").exists():
@@ -68,15 +87,20 @@ def ensure_finished(run_dir: Path, chain: tuple[Path, ...] = ()) -> None:
             f"--run-dir {run_dir}"
         )
     for needed in required_runs(recipe):
-        ensure_finished(needed, (*chain, run_dir))
-    train_recipe(recipe, run_dir)
+        ensure_finished(needed, parking, (*chain, run_dir))
+    train_parked(recipe, run_dir, parking)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("ids", nargs="*", help="checkpoint ids (default: all release recipes)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--park-every", type=float, metavar="MINUTES", help="park each run while it trains")
+    parser.add_argument("--commit", action="store_true", help="git-commit each parked copy (with --park-every)")
     args = parser.parse_args(argv)
+    if args.commit and args.park_every is None:
+        parser.error("--commit commits what --park-every parks: give --park-every MINUTES too")
+    parking = Parking(args.park_every, args.commit)
     recipes = release_recipes()
     unknown = sorted(set(args.ids) - set(recipes))
     if unknown:
@@ -92,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                 restore_parked(run_dirs[-1])  # a run another machine finished or left half-way (training/parked/)
                 if not (run_dirs[-1] / "result.json").exists():
                     for needed in required_runs(seed_recipe):
-                        ensure_finished(needed)
-                    train_recipe(seed_recipe, run_dirs[-1])
+                        ensure_finished(needed, parking)
+                    train_parked(seed_recipe, run_dirs[-1], parking)
             export_run(released_run(run_dirs), seed_runs=run_dirs if recipe.train.seeds else None)
         print(f"regenerated models/{checkpoint_id}")
 
