@@ -100,6 +100,14 @@ def test_with_a_holdout_each_epoch_is_measured_on_it_and_only_the_end_on_the_tes
     assert result["metrics"]["num_samples"] == 500  # the final numbers: the test split
 
 
+def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path):
+    raw = tiny_recipe(epochs=1)
+    raw["data"]["holdout"] = 512
+    with pytest.raises(ValueError, match=r"data.holdout 512 leaves none of the 512 training images .*data.limit 512"):
+        fit(raw, tmp_path / "nothing")
+    assert not (tmp_path / "nothing" / "result.json").exists()
+
+
 @pytest.mark.parametrize("arch", ["resnet20", "resnet20_bnn"])
 def test_a_bf16_mixed_precision_run_trains_and_keeps_float32_weights(tmp_path, arch):
     raw = tiny_recipe(epochs=1, mixed_precision="bf16")

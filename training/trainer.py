@@ -222,6 +222,12 @@ def training_and_holdout(recipe: Recipe) -> tuple[tuple[Images, torch.Tensor], t
     """The training split cut into the images that train and the ``data.holdout`` held out for any selection
     (a fixed shuffle by the recipe's seed: the pruning search and the final training agree on which is which)."""
     x, y = load_split(recipe, "train", recipe.data.limit)
+    if recipe.data.holdout >= len(y):
+        limit = f" (data.limit {recipe.data.limit})" if recipe.data.limit else ""
+        raise ValueError(
+            f"data.holdout {recipe.data.holdout} leaves none of the {len(y)} training images to train on{limit}: "
+            "lower data.holdout or raise data.limit"
+        )
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.train.seed))
     held, kept = order[: recipe.data.holdout], order[recipe.data.holdout :]
     if not recipe.data.holdout:  # nothing held out: the split as it is, in its own order
