@@ -100,12 +100,19 @@ def test_with_a_holdout_each_epoch_is_measured_on_it_and_only_the_end_on_the_tes
     assert result["metrics"]["num_samples"] == 500  # the final numbers: the test split
 
 
-def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path):
+def test_a_holdout_is_drawn_from_the_whole_split_whatever_the_limit():
+    from training.trainer import training_and_holdout
+
     raw = tiny_recipe(epochs=1)
-    raw["data"]["holdout"] = 512
-    with pytest.raises(ValueError, match=r"data.holdout 512 leaves none of the 512 training images .*data.limit 512"):
-        fit(raw, tmp_path / "nothing")
-    assert not (tmp_path / "nothing" / "result.json").exists()
+    raw["data"] |= {"holdout": 300, "limit": None}
+    (_, whole_y), (_, held_y) = training_and_holdout(Recipe.from_dict(raw))
+    raw["data"]["limit"] = 200
+    (train_x, train_y), (held_x, limited_held_y) = training_and_holdout(Recipe.from_dict(raw))
+    assert len(whole_y) == 60_000 - 300 and len(train_y) == 200 and torch.equal(limited_held_y, held_y)
+    assert torch.equal(train_y, whole_y[:200])  # a short run trains on the first of the same training images
+    raw["data"]["holdout"] = 60_000
+    with pytest.raises(ValueError, match=r"data.holdout 60000 leaves none of the 60000 training images"):
+        training_and_holdout(Recipe.from_dict(raw))
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet20_bnn"])

@@ -57,7 +57,7 @@ class DataSection:
     crop_padding: int = 0
     hflip: bool = False
     holdout: int = 0  # training images kept out of training, for any selection (never the test split)
-    limit: int | None = None  # use only the first N training images (smoke tests)
+    limit: int | None = None  # train on the first N training images only (smoke runs; after the holdout)
     test_limit: int | None = None
     root: str | None = None  # a local <root>/<split>/<class>/<image> folder instead of the default source
     decode_on_demand: bool = False  # decode per batch with random-resized crops (ImageNet) instead of in memory

@@ -220,18 +220,20 @@ def _take(images: Images, indices: torch.Tensor) -> Images:
 
 def training_and_holdout(recipe: Recipe) -> tuple[tuple[Images, torch.Tensor], tuple[Images, torch.Tensor]]:
     """The training split cut into the images that train and the ``data.holdout`` held out for any selection
-    (a fixed shuffle by the recipe's seed: the pruning search and the final training agree on which is which)."""
-    x, y = load_split(recipe, "train", recipe.data.limit)
-    if recipe.data.holdout >= len(y):
-        limit = f" (data.limit {recipe.data.limit})" if recipe.data.limit else ""
+    (a fixed shuffle of the whole split by the recipe's seed: the pruning search, its sub-runs and the final training
+    agree on which is which). ``data.limit`` then keeps the first N training images: of the split as it is without
+    a holdout, of the images left after it with one, so a short run never trains on the held-out images."""
+    limit, held_out = recipe.data.limit, recipe.data.holdout
+    if not held_out:  # nothing held out: the split as it is, in its own order
+        x, y = load_split(recipe, "train", limit)
+        return (x, y), (_take(x, torch.arange(0)), y[:0])
+    x, y = load_split(recipe, "train", None)
+    if held_out >= len(y):
         raise ValueError(
-            f"data.holdout {recipe.data.holdout} leaves none of the {len(y)} training images to train on{limit}: "
-            "lower data.holdout or raise data.limit"
+            f"data.holdout {held_out} leaves none of the {len(y)} training images to train on: lower data.holdout"
         )
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.train.seed))
-    held, kept = order[: recipe.data.holdout], order[recipe.data.holdout :]
-    if not recipe.data.holdout:  # nothing held out: the split as it is, in its own order
-        return (x, y), (_take(x, held), y[held])
+    held, kept = order[:held_out], order[held_out:][:limit]
     return (_take(x, kept), y[kept]), (_take(x, held), y[held])
 
 
