@@ -126,7 +126,7 @@ def test_a_bf16_mixed_precision_run_trains_and_keeps_float32_weights(tmp_path, a
 
 
 def test_an_unknown_mixed_precision_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"train.mixed_precision must be one of \['bf16', 'no'\]"):
+    with pytest.raises(ValueError, match=r"train.mixed_precision must be one of \['bf16', 'fp32'\]"):
         Recipe.from_dict(tiny_recipe(epochs=1, mixed_precision="fp16"))
 
 

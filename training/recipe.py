@@ -83,7 +83,7 @@ class ScheduleSection:
 
 
 #: train.mixed_precision -> the dtype the forwards autocast to (None: float32 throughout).
-MIXED_PRECISION: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16}
+MIXED_PRECISION: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -102,8 +102,8 @@ class TrainSection:
     objective: str = "cross_entropy"  # see training/objectives.py
     teacher: TeacherSection | None = None
     # "bf16": forwards under torch.autocast(bfloat16) (convs in bf16; binary convs' forward still exact on the packed
-    # kernel, their backward in bf16), losses and the optimizer in float32. "no": float32 throughout.
-    mixed_precision: str = "no"
+    # kernel, their backward in bf16), losses and the optimizer in float32. "fp32": float32 throughout.
+    mixed_precision: str = "fp32"  # not "no": YAML reads an unquoted no as false
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:

@@ -27,7 +27,7 @@ from zoo.kernels import kernel_backend, set_kernel_isa
 OBJECTIVE_OF = {"resnet20_ir2net": "ir2net"}  # the rest train with cross-entropy
 
 
-def _training_step(arch: str, batch: int, in_chans: int, size: int, seed: int, precision: str = "no"):
+def _training_step(arch: str, batch: int, in_chans: int, size: int, seed: int, precision: str = "fp32"):
     torch.manual_seed(seed)
     model = timm.create_model(arch, num_classes=10, in_chans=in_chans).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per path (after a warm-up)")
     parser.add_argument("--size", type=int, default=28, help="image side (32: the padded fashion_mnist_32)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or None)
-    parser.add_argument("--precision", nargs="*", default=[], choices=sorted(set(MIXED_PRECISION) - {"no"}),
+    parser.add_argument("--precision", nargs="*", default=[], choices=sorted(set(MIXED_PRECISION) - {"fp32"}),
                         help="also time the kernels in these train.mixed_precision settings")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
