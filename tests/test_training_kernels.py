@@ -143,8 +143,9 @@ def test_a_mixed_precision_step_returns_float32_logits_and_float32_gradients() -
 def test_the_throughput_benchmark_times_both_paths_side_by_side() -> None:
     from training.throughput import training_throughput
 
-    result = training_throughput(["resnet20_bnn"], batch=4, steps=2, size=16)
+    result = training_throughput(["resnet20_bnn"], batch=4, steps=2, size=16, precisions=("bf16",))
     (row,) = result["rows"]
     assert row["arch"] == "resnet20_bnn" and row["kernels_ms"] > 0 and row["torch_ms"] > 0
     assert row["speedup"] == pytest.approx(row["torch_ms"] / row["kernels_ms"])
+    assert row["speedup_bf16"] == pytest.approx(row["torch_ms"] / row["kernels_bf16_ms"])
     assert result["kernel_backend"] != "torch-fallback"

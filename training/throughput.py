@@ -4,8 +4,8 @@ Times whole training steps (the recipe objective's forward, backward and an SGD 
 Fashion-MNIST's shape) on the zoo's CPU kernels and, in the same run and in turns, on plain PyTorch ops
 (``ZOO_KERNEL_ISA=torch``: sign by ``torch.where``, the estimators' eager formulas, ``F.conv2d`` on the ±1
 operands). Both compute the same numbers bit for bit (tests/test_training_kernels.py), so the ratio is the gain
-of the kernels alone. ``--precision bf16`` also times the kernels in those ``train.mixed_precision``
-settings (training/recipe.py), in the same turns.
+of the kernels alone. ``--precision bf16`` also times the kernels in that ``train.mixed_precision`` setting
+(training/recipe.py), in the same turns.
 """
 
 from __future__ import annotations
