@@ -72,14 +72,17 @@ def recipe_for_run(run_dir: Path) -> Recipe | None:
     return None
 
 
-def ensure_finished(run_dir: Path, parking: Parking = Parking(), chain: tuple[Path, ...] = ()) -> None:
-    """Train ``run_dir`` (and first what it needs) unless it has finished here or in ``training/parked/``."""
-    restore_parked(run_dir)
+def ensure_finished(
+    run_dir: Path, parking: Parking = Parking(), chain: tuple[Path, ...] = (), recipe: Recipe | None = None
+) -> None:
+    """Train ``run_dir`` with ``recipe`` (default: the one named after it), first what it needs, unless it has
+    finished here or in ``training/parked/``."""
+    restore_parked(run_dir)  # a run another machine finished or left half-way
     if (run_dir / "result.json").exists():
         return
     if run_dir in chain:
         raise ValueError(f"recipes need each other in a cycle: {' -> '.join(map(str, (*chain, run_dir)))}")
-    recipe = recipe_for_run(run_dir)
+    recipe = recipe or recipe_for_run(run_dir)
     if recipe is None:
         raise FileNotFoundError(
             f"{run_dir} is needed but has not finished, and no recipe trains it: add "
@@ -113,11 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             run_dirs = []
             for seed_recipe in seed_recipes(recipe):
                 run_dirs.append(recipe_run_dir(seed_recipe, args.runs_dir))
-                restore_parked(run_dirs[-1])  # a run another machine finished or left half-way (training/parked/)
-                if not (run_dirs[-1] / "result.json").exists():
-                    for needed in required_runs(seed_recipe):
-                        ensure_finished(needed, parking)
-                    train_parked(seed_recipe, run_dirs[-1], parking)
+                ensure_finished(run_dirs[-1], parking, recipe=seed_recipe)
             export_run(released_run(run_dirs), seed_runs=run_dirs if recipe.train.seeds else None)
         print(f"regenerated models/{checkpoint_id}")
 
