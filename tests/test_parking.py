@@ -70,6 +70,20 @@ def test_a_state_over_the_limit_is_reported_once_and_training_goes_on(repo: Path
     assert capsys.readouterr().out.count("not parking:") == 1 and not (repo / "parked" / "big").exists()
 
 
+def test_a_commit_that_git_refuses_is_reported_and_retried_at_the_next_parking(repo: Path, capsys) -> None:
+    run_dir, lock = repo / "runs" / "tiny-s0", repo / ".git" / "index.lock"
+    _train_epoch(run_dir, 1)
+    lock.write_text("")  # another git command is running
+    with parked_while_training(run_dir, minutes=0.1 / 60, commit=True, parked_root=repo / "parked"):
+        time.sleep(0.25)
+        lock.unlink()
+        time.sleep(0.3)
+    assert "could not commit it" in capsys.readouterr().out
+    assert _git(repo, "log", "--format=%s").splitlines() == [
+        "Re-park tiny-s0 at its latest resumable state (1 epochs done)"
+    ]
+
+
 def test_regenerate_refuses_commit_without_park_every(capsys) -> None:
     from training import regenerate
 

@@ -122,7 +122,10 @@ def parked_while_training(
             refused.append(too_big)
             return
         if commit:
-            commit_parked(dest)
+            try:
+                commit_parked(dest)
+            except subprocess.CalledProcessError as failed:  # e.g. another git command holds the index lock
+                print(f"parked {dest} but could not commit it ({failed}); the next parking tries again", flush=True)
 
     def every_few_minutes() -> None:
         while not stop.wait(minutes * 60):
