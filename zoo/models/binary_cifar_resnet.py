@@ -70,7 +70,58 @@ class BinaryBasicBlock(nn.Module):
         return conv_bn_add_act(self.conv2, self.bn2, out, out, self.act)
 
 
-class BinaryCifarResNet(BinaryClassifier):
+class BinaryCifarStyleResNet(BinaryClassifier):
+    """The body of the CIFAR-style BNNs: full-precision 3×3 stem conv → BN → Hardtanh, stages of binary blocks
+    (the first block of every stage after the first at stride 2), IR²Net's recovery of the stem and every stage
+    into the last one, and the BN1d + FC head. The families choose the block, the stage depths and the init."""
+
+    def __init__(
+        self,
+        block: Callable[[int, int, int, Callable[..., nn.Module]], nn.Module],
+        layers: Sequence[int],
+        stage_widths: Sequence[int],
+        recovery_ratio: int,
+        num_classes: int,
+        in_chans: int,
+        method: str,
+        global_pool: str,
+        drop_rate: float,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method '{method}', use one of {METHODS}")
+        widths = [int(w) for w in stage_widths]
+        self.method, self.num_classes, self.drop_rate = method, num_classes, drop_rate
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = nn.Hardtanh(inplace=True)
+        self.feature_info = [dict(num_chs=widths[0], reduction=1, module="act1")]
+        conv_layer = binary_conv_layer(method)
+        in_chs = widths[0]
+        for stage, (out_chs, n) in enumerate(zip(widths, layers, strict=True)):
+            blocks = []
+            for i in range(n):
+                blocks.append(block(in_chs, out_chs, 2 if stage and not i else 1, conv_layer))
+                in_chs = out_chs
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage, module=f"layer{stage + 1}"))
+        self.recovery = None
+        if method == "ir2net":
+            tapped = widths[0] + sum(widths)  # the stem and every stage
+            self.recovery = CIRec(tapped, widths[-1], ratio=recovery_ratio, act_layer=hardtanh_act)
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.head_norm = nn.BatchNorm1d(self.num_features)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stem output and the output of each stage."""
+        outs = [self.act1(self.bn1(self.conv1(x)))]
+        for stage in range(1, len(self.feature_info)):
+            outs.append(getattr(self, f"layer{stage}")(outs[-1]))
+        return outs
+
+
+class BinaryCifarResNet(BinaryCifarStyleResNet):
     """1-bit CIFAR ResNet (6n+2 layers) with the parts of one method (``bnn``, ``sdbnn`` or ``ir2net``)."""
 
     def __init__(
@@ -83,40 +134,11 @@ class BinaryCifarResNet(BinaryClassifier):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown method '{method}', use one of {METHODS}")
         n = blocks_per_stage(depth)
-        widths = [int(w) for w in stage_widths]
-        self.method, self.num_classes, self.drop_rate = method, num_classes, drop_rate
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.act1 = nn.Hardtanh(inplace=True)
-        self.feature_info = [dict(num_chs=widths[0], reduction=1, module="act1")]
-        conv_layer = binary_conv_layer(method)
-        in_chs = widths[0]
-        for stage, out_chs in enumerate(widths):
-            blocks = []
-            for i in range(n):
-                blocks.append(BinaryBasicBlock(in_chs, out_chs, 2 if stage and not i else 1, conv_layer))
-                in_chs = out_chs
-            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage, module=f"layer{stage + 1}"))
-        self.recovery = None
-        if method == "ir2net":
-            tapped = widths[0] + sum(widths)  # stem, stage 1, stage 2 and the last stage
-            self.recovery = CIRec(tapped, widths[-1], ratio=4, act_layer=hardtanh_act)
-        self.num_features = self.head_hidden_size = widths[-1]
-        self.head_norm = nn.BatchNorm1d(self.num_features)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        layers = [n] * len(stage_widths)
+        args = (layers, stage_widths, 4, num_classes, in_chans, method, global_pool, drop_rate)
+        super().__init__(BinaryBasicBlock, *args)
         init_conv_bn_(self)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stem output and the output of each stage."""
-        outs = [self.act1(self.bn1(self.conv1(x)))]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            outs.append(stage(outs[-1]))
-        return outs
 
 
 default_cfgs = default_cfgs_with_releases({f"resnet20_{m}": cifar_cfg((8, 8), imagenet_stats=True) for m in METHODS})

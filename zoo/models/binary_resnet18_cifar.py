@@ -24,15 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from timm.layers import create_classifier
 from timm.models import register_model
 from torch import nn
 
-from zoo.models._binary_base import BinaryClassifier
 from zoo.models._builder import build_zoo_model, cifar_cfg, default_cfgs_with_releases
-from zoo.models.binary_cifar_resnet import METHODS, binary_conv_layer
-from zoo.nn import CIRec
-from zoo.nn.ir2net import hardtanh_act
+from zoo.models.binary_cifar_resnet import METHODS, BinaryCifarStyleResNet
 from zoo.nn.residual_unit import conv_bn_add_act
 
 __all__ = ["BinaryResNet18Cifar", "BinaryResNet18Block"]
@@ -65,7 +61,7 @@ class BinaryResNet18Block(nn.Module):
         return conv_bn_add_act(self.conv2, self.bn2, out, self.shortcut(x), self.act)
 
 
-class BinaryResNet18Cifar(BinaryClassifier):
+class BinaryResNet18Cifar(BinaryCifarStyleResNet):
     """1-bit CIFAR ResNet-18 (3×3 stem, no max-pool) with the parts of one method (``bnn``, ``sdbnn``, ``ir2net``)."""
 
     def __init__(
@@ -78,45 +74,16 @@ class BinaryResNet18Cifar(BinaryClassifier):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown method '{method}', use one of {METHODS}")
         widths, layers = [int(w) for w in stage_widths], [int(n) for n in layers]
         if len(widths) != 4 or min(widths) < 1:
             raise ValueError(f"stage_widths must be four positive widths, got {widths}")
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be four positive block counts, got {layers}")
-        self.method, self.num_classes, self.drop_rate = method, num_classes, drop_rate
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.act1 = nn.Hardtanh()
-        self.feature_info = [dict(num_chs=widths[0], reduction=1, module="act1")]
-        conv_layer = binary_conv_layer(method)
-        in_chs = widths[0]
-        for stage, (out_chs, n) in enumerate(zip(widths, layers, strict=True)):
-            blocks = []
-            for i in range(n):
-                blocks.append(BinaryResNet18Block(in_chs, out_chs, 2 if stage and not i else 1, conv_layer))
-                in_chs = out_chs
-            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage, module=f"layer{stage + 1}"))
-        self.recovery = None
-        if method == "ir2net":
-            tapped = widths[0] + sum(widths)  # stem, stages 1-3 and the last stage: 1024 channels
-            self.recovery = CIRec(tapped, widths[-1], ratio=RECOVERY_RATIO, act_layer=hardtanh_act)
-        self.num_features = self.head_hidden_size = widths[-1]
-        self.head_norm = nn.BatchNorm1d(self.num_features)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        args = (layers, widths, RECOVERY_RATIO, num_classes, in_chans, method, global_pool, drop_rate)
+        super().__init__(BinaryResNet18Block, *args)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stem output and the output of each of the four stages."""
-        outs = [self.act1(self.bn1(self.conv1(x)))]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            outs.append(stage(outs[-1]))
-        return outs
 
 
 default_cfgs = default_cfgs_with_releases(
