@@ -115,6 +115,18 @@ def test_regenerate_first_trains_the_runs_a_release_starts_from_and_distils_from
     assert recorded_training == []
 
 
+def test_regenerate_trains_the_first_seed_of_every_release_before_any_second_seed(recorded_training):
+    from training import regenerate
+
+    _write(regenerate.RECIPES_DIR / "a.tiny.yaml", "a.tiny", train={"seeds": [0, 1, 2]})
+    _write(regenerate.RECIPES_DIR / "b.tiny.yaml", "b.tiny", train={"seeds": [5, 6]})
+    _write(regenerate.RECIPES_DIR / "c.tiny.yaml", "c.tiny")
+    regenerate.main(["a.tiny", "b.tiny", "c.tiny"])
+    assert [(i, seed) for i, seed, _ in recorded_training] == [
+        ("a.tiny", 0), ("b.tiny", 5), ("c.tiny", 0), ("a.tiny", 1), ("b.tiny", 6), ("a.tiny", 2)
+    ]  # fmt: skip
+
+
 def test_a_seed_suffixed_run_trains_its_recipe_with_that_seed(recorded_training):
     from training import regenerate
 

@@ -66,11 +66,12 @@ def test_a_seeded_recipe_trains_each_seed_into_its_own_run_dir(tmp_path):
             Recipe.from_dict(tiny_recipe(epochs=1, seeds=bad))
 
 
-def test_a_recipe_that_gains_notes_or_a_seed_list_still_resumes_its_runs_but_not_another_seed():
+def test_a_recipe_that_gains_notes_or_a_seed_list_or_changes_layout_still_resumes_its_runs_but_not_another_seed():
     started = Recipe.from_dict(tiny_recipe(epochs=1)).to_dict()
     saved = copy.deepcopy(started)
     del saved["train"]["seeds"]  # a state written before recipes had a seed list
     later = Recipe.from_dict({**tiny_recipe(epochs=1, seeds=[0, 1, 2]), "notes": "three seeds"}).to_dict()
+    later["train"]["channels_last"] = not started["train"]["channels_last"]
     assert run_identity(saved) == run_identity(later)
     TrainState(later).load_state_dict(TrainState(saved).state_dict())
     other_seed = Recipe.from_dict(tiny_recipe(epochs=1, seed=1)).to_dict()

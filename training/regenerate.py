@@ -8,13 +8,15 @@ after the run (``training/recipes/<run>.yaml`` or ``training/recipes/parents/<ru
 seed 0 that the pruned ResNet-56s start from. Fine-tunes need their source. Pruning recipes run their prune stage first.
 Runs resume from ``runs/<id>/state`` if interrupted (or from ``training/parked/``); a finished run
 (``runs/<id>/result.json``) is only exported. A recipe with ``train.seeds`` trains each seed into
-``runs/<id>-s<seed>`` and exports the best on held-out images with the spread. ``--park-every MINUTES [--commit]``
-parks (and commits) each run while it trains, for a machine that may be taken back (``training/park.py``).
+``runs/<id>-s<seed>`` and exports the best on held-out images with the spread; seeds go breadth-first (the first
+seed of every id given, then each one's next seed). ``--park-every MINUTES [--commit]`` parks (and commits) each
+run while it trains, for a machine that may be taken back (``training/park.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +96,13 @@ def ensure_finished(
     train_parked(recipe, run_dir, parking)
 
 
+def breadth_first_seeds(releases: list[Recipe]) -> list[Recipe]:
+    """The seed recipes of ``releases`` in training order: every release's first seed, then every second seed, ...
+    so that a sitting that ends early has already trained one seed of each method being compared."""
+    per_release = [seed_recipes(recipe) for recipe in releases]
+    return [seed for rank in itertools.zip_longest(*per_release) for seed in rank if seed is not None]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("ids", nargs="*", help="checkpoint ids (default: all release recipes)")
@@ -108,15 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(args.ids) - set(recipes))
     if unknown:
         parser.error(f"no recipe for {unknown}; known: {sorted(recipes)}")
-    for checkpoint_id in args.ids or list(recipes):
-        recipe = Recipe.load(recipes[checkpoint_id])
+    releases = {checkpoint_id: Recipe.load(recipes[checkpoint_id]) for checkpoint_id in args.ids or list(recipes)}
+    for seed_recipe in breadth_first_seeds([r for r in releases.values() if not r.model.pretrained]):
+        ensure_finished(recipe_run_dir(seed_recipe, args.runs_dir), parking, recipe=seed_recipe)
+    for checkpoint_id, recipe in releases.items():
         if recipe.model.pretrained:  # a fine-tune: also its from-scratch twin, whose accuracy its card shows
             train_finetune(recipes[checkpoint_id], args.runs_dir)
         else:
-            run_dirs = []
-            for seed_recipe in seed_recipes(recipe):
-                run_dirs.append(recipe_run_dir(seed_recipe, args.runs_dir))
-                ensure_finished(run_dirs[-1], parking, recipe=seed_recipe)
+            run_dirs = [recipe_run_dir(seed_recipe, args.runs_dir) for seed_recipe in seed_recipes(recipe)]
             export_run(released_run(run_dirs), seed_runs=run_dirs if recipe.train.seeds else None)
         print(f"regenerated models/{checkpoint_id}")
 
