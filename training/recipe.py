@@ -57,6 +57,10 @@ class DataSection:
     crop_padding: int = 0
     hflip: bool = False
     holdout: int = 0  # training images kept out of training, for any selection (never the test split)
+    # The seed of the shuffle that picks the held-out images. None: the run's train.seed, so each seed of a release
+    # holds out other images, most of which a parent or teacher shared by the seeds (trained with seed 0) has
+    # trained on; set it (0) wherever seeds share such a run, so every seed holds out images none of them saw.
+    holdout_seed: int | None = None
     limit: int | None = None  # train on the first N training images only (smoke runs; after the holdout)
     test_limit: int | None = None
     root: str | None = None  # a local <root>/<split>/<class>/<image> folder instead of the default source
@@ -196,6 +200,11 @@ class Recipe:
             node[leaf] = yaml.safe_load(value)
         return cls.from_dict(raw, str(path))
 
+    @property
+    def holdout_split_seed(self) -> int:
+        """The seed of the shuffle that picks this run's held-out images (``data.holdout_seed`` or ``train.seed``)."""
+        return self.train.seed if self.data.holdout_seed is None else self.data.holdout_seed
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("path")
@@ -206,8 +215,11 @@ def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
     """What a run's numbers depend on: the recipe with its defaults filled in, less its notes, its release's seed
     list and ``train.channels_last`` (so a recipe that gains or changes any of them still resumes the runs it
     started, and its seeds still count as one release). The memory layout changes rounding only, as another CPU
-    does, and is a speed choice: a pruned net with odd widths trains 2.5x faster in NCHW on CPU."""
-    out = json.loads(json.dumps(Recipe.from_dict(raw).to_dict()))  # as a result.json holds it (tuples as lists)
+    does, and is a speed choice: a pruned net with odd widths trains 2.5x faster in NCHW on CPU. The held-out split
+    is given by the seed that draws it (``data.holdout_seed: 0`` and a seed-0 run left to ``train.seed`` agree)."""
+    recipe = Recipe.from_dict(raw)
+    out = json.loads(json.dumps(recipe.to_dict()))  # as a result.json holds it (tuples as lists)
+    out["data"]["holdout_seed"] = recipe.holdout_split_seed if recipe.data.holdout else None
     out.pop("notes")
     out["train"].pop("seeds")
     out["train"].pop("channels_last")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,21 @@ def seedless_identity(raw_recipe: dict[str, Any]) -> dict[str, Any]:
     """:func:`run_identity` less the seed: what the seeds of one release share."""
     normal = run_identity(raw_recipe)
     del normal["train"]["seed"]
+    del normal["data"]["holdout_seed"]  # compared by check_same_holdout
     return normal
+
+
+def check_same_holdout(results: dict[Path, dict[str, Any]]) -> None:
+    """Seeds of one release hold out the same images, or each the images drawn by its own seed (recipes without
+    ``data.holdout_seed``); a mix would compare held-out accuracies measured on differently drawn images."""
+    split_seeds = {d: run_identity(r["recipe"])["data"]["holdout_seed"] for d, r in results.items()}
+    own_seeds = {d: r["recipe"]["train"]["seed"] for d, r in results.items()}
+    if len(set(split_seeds.values())) > 1 and split_seeds != own_seeds:
+        shared = min(Counter(split_seeds.values()).items(), key=lambda seed_count: (-seed_count[1], seed_count[0]))[0]
+        others = [str(d) for d, s in split_seeds.items() if s != shared]
+        raise ValueError(f"runs {others} hold out other training images than the rest of their release (held-out "
+                         f"splits drawn by seeds {sorted(set(split_seeds.values()))}): retrain them with "
+                         f"data.holdout_seed {shared}")  # fmt: skip
 
 
 def check_same_recipe(results: dict[Path, dict[str, Any]]) -> None:
@@ -58,6 +73,7 @@ def check_same_recipe(results: dict[Path, dict[str, Any]]) -> None:
             differing = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
             raise ValueError(f"{run_dir} was not trained with {first}'s recipe (sections {differing} differ): "
                              "seeds of one release may differ in train.seed only")  # fmt: skip
+    check_same_holdout(results)
     seeds = [r["recipe"]["train"]["seed"] for r in results.values()]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"runs {[str(p) for p in results]} repeat a seed ({seeds}): each run needs its own")

@@ -220,9 +220,10 @@ def _take(images: Images, indices: torch.Tensor) -> Images:
 
 def training_and_holdout(recipe: Recipe) -> tuple[tuple[Images, torch.Tensor], tuple[Images, torch.Tensor]]:
     """The training split cut into the images that train and the ``data.holdout`` held out for any selection
-    (a fixed shuffle of the whole split by the recipe's seed: the pruning search, its sub-runs and the final training
-    agree on which is which). ``data.limit`` then keeps the first N training images: of the split as it is without
-    a holdout, of the images left after it with one, so a short run never trains on the held-out images."""
+    (a fixed shuffle of the whole split by ``recipe.holdout_split_seed``: the pruning search, its sub-runs and the
+    final training agree on which is which). ``data.limit`` then keeps the first N training images: of the split as
+    it is without a holdout, of the images left after it with one, so a short run never trains on the held-out
+    images."""
     limit, held_out = recipe.data.limit, recipe.data.holdout
     if not held_out:  # nothing held out: the split as it is, in its own order
         x, y = load_split(recipe, "train", limit)
@@ -232,7 +233,7 @@ def training_and_holdout(recipe: Recipe) -> tuple[tuple[Images, torch.Tensor], t
         raise ValueError(
             f"data.holdout {held_out} leaves none of the {len(y)} training images to train on: lower data.holdout"
         )
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.train.seed))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.holdout_split_seed))
     held, kept = order[:held_out], order[held_out:][:limit]
     return (_take(x, kept), y[kept]), (_take(x, held), y[held])
 
