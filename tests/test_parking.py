@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.park import parked_while_training
+from training.park import park, parked_while_training, restore_parked
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -90,3 +90,34 @@ def test_regenerate_refuses_commit_without_park_every(capsys) -> None:
     with pytest.raises(SystemExit):
         regenerate.main(["--commit"])
     assert "give --park-every MINUTES too" in capsys.readouterr().err
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_prune_stage_is_parked_as_what_its_resume_reads(tmp_path: Path) -> None:
+    run_dir, parked_root = tmp_path / "runs" / "pruned-s0", tmp_path / "parked"
+    _train_epoch(run_dir, 1)
+    stage = run_dir / "prune"
+    for name in ("step1/start.safetensors", "step1/final.safetensors", "step1/result.json", "step1/state/model.bin",
+                 "step2/start.safetensors", "step2/state/model.bin", "fitness.json"):  # fmt: skip
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        (stage / name).write_bytes(b"x" * 64)
+    unfinished_step = [
+        "metrics.jsonl",
+        "prune/fitness.json",
+        "prune/step1/final.safetensors",  # a finished recovery step: its weights and record, not its state or input
+        "prune/step1/result.json",
+        "prune/step2/start.safetensors",  # the step still training: all of it
+        "prune/step2/state/model.bin",
+        "state/model.safetensors",
+    ]
+    assert _files(park(run_dir, parked_root)) == unfinished_step
+    (stage / "pruned.safetensors").write_bytes(b"w" * 64)
+    (stage / "plan.json").write_text("{}")
+    finished_stage = ["metrics.jsonl", "prune/plan.json", "prune/pruned.safetensors", "state/model.safetensors"]
+    assert _files(park(run_dir, parked_root)) == finished_stage
+    fresh = tmp_path / "fresh" / "pruned-s0"
+    assert restore_parked(fresh, parked_root)
+    assert _files(fresh) == finished_stage

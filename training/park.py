@@ -1,7 +1,8 @@
 """Carry an unfinished training run to another machine through git: ``python -m training.park runs/<id> [...]``.
 
 A run's resumable state lives in ``runs/<id>/`` (ignored by git: it is rewritten every few hundred steps). Parking
-copies what a resume needs (``state/``, ``metrics.jsonl`` and the prune stage's ``prune/`` cache) into
+copies what a resume needs (``state/``, ``metrics.jsonl`` and the prune stage's ``prune/`` cache: of a finished
+stage its plan and weights only, of a finished recovery step its weights and record, not its state) into
 ``training/parked/<id>/``, which is committed; on a fresh clone ``python -m training.train <recipe>`` (or
 ``training.regenerate``) finds no ``runs/<id>/state``, restores the parked copy into ``runs/<id>/`` and continues
 from it, with the same numbers as a run that was never interrupted (the state holds the weights, optimizer,
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from training.prune import PLAN_FILE, WEIGHTS_FILE
 from training.trainer import STATE_DIR, latest_state
 
 PARKED_DIR = Path(__file__).with_name("parked")
@@ -39,6 +41,18 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _resume_needs(path: Path) -> list[Path]:
+    """The files under ``path`` a resume reads. A finished prune stage (``plan.json``) is read as its plan and
+    pruned weights alone, and a finished sub-run (AIP's recovery steps) as its weights and record: their resumable
+    states and step inputs would put a pruned ResNet-56 over the size limit and are never read again."""
+    if path.is_file():
+        return [path]
+    if (path / PLAN_FILE).is_file():
+        return [path / PLAN_FILE, path / WEIGHTS_FILE]
+    skipped = (STATE_DIR, "start.safetensors") if (path / RESULT).is_file() else ()
+    return [f for child in sorted(path.iterdir()) if child.name not in skipped for f in _resume_needs(child)]
+
+
 def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PARKED_BYTES) -> Path:
     """Copy ``run_dir``'s resumable files (or, finished, its weights and result) to ``parked_root/<run name>``,
     replaced whole, never half-written."""
@@ -48,7 +62,8 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PAR
         raise FileNotFoundError(f"{run_dir}: no {STATE_DIR}/ to park (train first: python -m training.train ...)")
     carried = FINISHED if finished else CARRIED  # a finished run: its weights and record, for export or as a teacher
     items = {n: (state if n == STATE_DIR else run_dir / n) for n in carried if n == STATE_DIR or (run_dir / n).exists()}
-    total = sum(_size(p) for p in items.values())
+    files = {Path(name) / f.relative_to(src): f for name, src in items.items() for f in _resume_needs(src)}
+    total = sum(f.stat().st_size for f in files.values())
     if total > max_bytes:
         raise ValueError(
             f"{run_dir}: {total / 2**20:.1f} MB of resumable state is over the {max_bytes / 2**20:.0f} MB that may be "
@@ -58,8 +73,9 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PAR
     tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, src in items.items():
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
+    for relative, src in files.items():
+        (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, tmp / relative)
     if dest.exists():
         dest.rename(old)
     tmp.rename(dest)
