@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from test_training import fit, tiny_recipe
 
@@ -20,9 +21,10 @@ from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
 
 
-def _fake_run(run_dir: Path, seed: int, held_out: float, **train: Any) -> Path:
+def _fake_run(run_dir: Path, seed: int, held_out: float, data: dict[str, Any] | None = None, **train: Any) -> Path:
     """A finished run's result.json (the fields seed selection reads), no weights."""
     raw = tiny_recipe(epochs=1, seed=seed, **train)
+    raw["data"] |= data or {}
     run_dir.mkdir(parents=True)
     history = [{"epoch": 1, "train_loss": 1.0, "val_top1": held_out, "val_top5": 99.0, "lr": 0.1, "seconds": 1.0}]
     result = {"recipe": Recipe.from_dict(raw).to_dict(), "metrics": {"top1": 50.0}, "history": history}
@@ -45,6 +47,39 @@ def test_seeds_of_one_release_may_differ_in_their_seed_alone(tmp_path):
         released_run(twins)
     with pytest.raises(FileNotFoundError, match="has not finished; resume it with python -m training.train"):
         released_run([tmp_path / "a", tmp_path / "missing"])
+
+
+def test_seeds_of_one_release_hold_out_the_same_images_or_each_its_own_but_not_a_mix(tmp_path):
+    shared = {"holdout": 100, "holdout_seed": 0}
+    legacy_s0 = _fake_run(tmp_path / "legacy-s0", 0, 90.0, {"holdout": 100})  # split drawn by its own seed: 0
+    shared_s1 = _fake_run(tmp_path / "shared-s1", 1, 91.0, shared)
+    assert released_run([legacy_s0, shared_s1]) == shared_s1  # a seed-0 run without holdout_seed holds out the same
+    legacy = [legacy_s0, _fake_run(tmp_path / "legacy-s1", 1, 92.0, {"holdout": 100})]
+    assert released_run(legacy) == legacy[1]  # each seed its own split, as releases before holdout_seed did
+    mixed = [shared_s1, _fake_run(tmp_path / "shared-s2", 2, 90.0, shared), legacy[1]]
+    with pytest.raises(ValueError, match=r"legacy-s1'\] hold out other training images .* seeds \[0, 1\]\): "
+                       r"retrain them with data.holdout_seed 0"):  # fmt: skip
+        released_run(mixed)
+
+
+def test_a_shared_holdout_seed_holds_out_the_same_images_for_every_seed():
+    from training.trainer import training_and_holdout
+
+    def held_out(seed: int, holdout_seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = tiny_recipe(epochs=1, seed=seed)
+        raw["data"] |= {"holdout": 300, "holdout_seed": holdout_seed}
+        _, (images, labels) = training_and_holdout(Recipe.from_dict(raw))
+        return images, labels
+
+    shared_0, shared_1, own_1 = held_out(0, 0), held_out(1, 0), held_out(1, None)
+    assert torch.equal(shared_0[0], shared_1[0]) and torch.equal(shared_0[1], shared_1[1])
+    assert torch.equal(held_out(0, None)[0], shared_0[0])  # a seed-0 run draws the shared split either way
+    assert not torch.equal(own_1[0], shared_0[0])
+    legacy = tiny_recipe(epochs=1)
+    legacy["data"]["holdout"] = 300
+    shared = copy.deepcopy(legacy)
+    shared["data"]["holdout_seed"] = 0
+    assert run_identity(shared) == run_identity(legacy)  # so seed-0 runs started before holdout_seed resume under it
 
 
 def test_seed_statistics_are_the_mean_and_sample_std_of_the_test_top1():
