@@ -12,7 +12,7 @@ from torch import nn
 
 import zoo
 import zoo.kernels as zk
-from zoo.inference import ChannelsLastMaxPool2d, FoldedBatchNormAct, PointwiseConvBatchNorm
+from zoo.inference import BatchSlicedStem, ChannelsLastMaxPool2d, FoldedBatchNormAct, PointwiseConvBatchNorm
 from zoo.kernels import _build
 from zoo.kernels.binary import _apply_epilogue
 from zoo.kernels.channels_last import affine_prelu, max_pool2d
@@ -108,8 +108,10 @@ def test_imagenet_bnn_stem_is_folded_and_its_max_pool_fused(arch) -> None:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     fast = zoo.to_inference(model, channels_last=True)
-    assert isinstance(fast.bn1, FoldedBatchNormAct) and isinstance(fast.act1, nn.Identity)
-    assert isinstance(fast.maxpool, ChannelsLastMaxPool2d)
+    assert isinstance(fast.conv1, BatchSlicedStem) and isinstance(fast.conv1.norm_act, FoldedBatchNormAct)
+    assert isinstance(fast.conv1.pool, ChannelsLastMaxPool2d)
+    assert all(isinstance(getattr(fast, name), nn.Identity) for name in ("bn1", "act1", "maxpool"))
+    assert fast.feature_info[0]["reduction"] == 4 and model.feature_info[0]["reduction"] == 2  # the tap is pooled
     shortcuts = [b.shortcut for stage in (fast.layer2, fast.layer3, fast.layer4) for b in stage[:1]]
     assert all(isinstance(s[1], PointwiseConvBatchNorm) and isinstance(s[2], nn.Identity) for s in shortcuts)
     x = torch.randn(2, 3, 64, 64)
@@ -123,19 +125,21 @@ def test_imagenet_bnn_stem_is_folded_and_its_max_pool_fused(arch) -> None:
 def test_stem_pass_overwrites_only_a_temporary_nobody_else_keeps() -> None:
     model = timm.create_model("resnet18_bireal", num_classes=10).eval()
     fast = zoo.to_inference(model, channels_last=True)
-    assert fast.bn1.inplace
+    conv, norm_act = fast.conv1.conv, fast.conv1.norm_act
+    assert norm_act.inplace
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        stem = fast.conv1(x)
+        stem = conv(x)
         kept = stem.clone()
-        out = fast.bn1(stem)
+        out = norm_act(stem)
         assert out.data_ptr() == stem.data_ptr() or not _build.load_extension()  # written over the conv's output
-        fast.bn1.inplace = False
-        assert torch.equal(fast.bn1(kept.clone()), out)
+        norm_act.inplace = False
+        assert torch.equal(norm_act(kept.clone()), out)
     seen = []
     model.conv1.register_forward_hook(lambda module, args, output: seen.append(output))
     hooked = zoo.to_inference(model, channels_last=True)
     assert not hooked.bn1.inplace  # a hook may keep the conv's output: it must stay as the hook saw it
+    assert isinstance(hooked.maxpool, ChannelsLastMaxPool2d)  # and the stem is not sliced past the hook
     with torch.no_grad():
         hooked(x)
     assert torch.equal(seen[-1], hooked.conv1(x))
@@ -169,3 +173,31 @@ def test_a_pointwise_conv_and_its_batchnorm_become_one_gemm_in_channels_last_onl
     hooked[1].register_forward_hook(lambda *args: None)
     for keeps in (strided, hooked):
         assert type(zoo.to_inference(keeps, channels_last=True)[0]) is nn.Conv2d
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_batch_sliced_stem_is_bit_exact_and_skips_ir2net(batch, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18_sdbnn", num_classes=10).eval()
+    fast = zoo.to_inference(model, channels_last=True)
+    x = torch.randn(batch, 3, 48, 48).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        whole = fast(x)  # 48x48: the whole batch's stem fits one slice
+        monkeypatch.setattr(BatchSlicedStem, "slice_bytes", 1)  # one image per slice
+        assert torch.equal(fast(x), whole)
+        monkeypatch.setattr(BatchSlicedStem, "slice_bytes", 2 * 64 * 24 * 24 * 4)  # two images per slice
+        assert torch.equal(fast(x), whole)
+        assert torch.equal(fast(x.contiguous()), whole)  # NCHW input: the unsliced stem
+    ir2net = zoo.to_inference(timm.create_model("resnet18_ir2net", num_classes=10).eval(), channels_last=True)
+    assert isinstance(ir2net.maxpool, ChannelsLastMaxPool2d)  # its recovery reads the stem before the pool
+
+
+def test_max_pool_writes_into_a_given_output() -> None:
+    x = torch.randn(3, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    out = torch.full((5, 8, 5, 5), 7.0).contiguous(memory_format=torch.channels_last)
+    returned = max_pool2d(x, (3, 3), (2, 2), (1, 1), out=out[1:4])
+    assert torch.equal(returned, F.max_pool2d(x, 3, 2, 1)) and returned.data_ptr() == out[1:4].data_ptr()
+    assert torch.equal(out[0], torch.full((8, 5, 5), 7.0)) and torch.equal(out[4], torch.full((8, 5, 5), 7.0))
+    if _build.load_extension() is not None:
+        with pytest.raises(RuntimeError, match="out must be"):
+            max_pool2d(x, (3, 3), (2, 2), (1, 1), out=out[:2])

@@ -167,9 +167,43 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` (dilation 1, floor mode, no indices) that runs the one-pass channels_last kernel where it can
     (:func:`zoo.kernels.channels_last.max_pool2d`), bit for bit PyTorch's result."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         pair = nn.modules.utils._pair
-        return max_pool2d(x, pair(self.kernel_size), pair(self.stride or self.kernel_size), pair(self.padding))
+        return max_pool2d(x, pair(self.kernel_size), pair(self.stride or self.kernel_size), pair(self.padding), out)
+
+
+class BatchSlicedStem(nn.Module):
+    """A full-precision stem (conv → :class:`FoldedBatchNormAct` → :class:`ChannelsLastMaxPool2d`) run on slices of
+    the batch, each pooled straight into one output: bit for bit the unsliced stem, without materialising the
+    conv's full-resolution output for the whole batch. That tensor (103 MB at batch 32 × 64 × 112 × 112) is a fresh
+    mapping on every call, and its page faults were about 20 ms of a 47 ms stem; a slice of at most
+    ``slice_bytes`` stays under glibc's 32 MiB ceiling for reusing freed memory and is served from the heap.
+    Used where the stem's output is read by the max-pool alone (the models' ``pooled_stem_units``)."""
+
+    slice_bytes = 16 << 20
+
+    def __init__(self, conv: nn.Conv2d, norm_act: FoldedBatchNormAct, pool: ChannelsLastMaxPool2d) -> None:
+        super().__init__()
+        self.conv, self.norm_act, self.pool = conv, norm_act, pool
+
+    def _stem(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.norm_act(self.conv(x)), out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        # out= writes are invisible to autograd, and only the C++ pool (channels_last) writes into a view
+        if n == 1 or torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):
+            return self._stem(x)
+        first = self.norm_act(self.conv(x[:1]))
+        step = max(1, self.slice_bytes // (first.numel() * first.element_size()))
+        if step >= n:
+            return self._stem(x)
+        pooled = self.pool(first)
+        out = torch.empty((n, *pooled.shape[1:]), dtype=pooled.dtype, memory_format=torch.channels_last)
+        out[:1].copy_(pooled)
+        for start in range(1, n, step):
+            self._stem(x[start : start + step], out[start : start + step])
+        return out
 
 
 class PointwiseConvBatchNorm(nn.Module):
@@ -245,6 +279,28 @@ def _fold_stem_batchnorms(model: nn.Module) -> None:
             setattr(module, act_name, nn.Identity())
 
 
+def _slice_pooled_stems(model: nn.Module) -> None:
+    """Each folded (conv, BN + act, max-pool) unit a module declares in ``pooled_stem_units`` (its promise that the
+    max-pool alone reads the stem's output) becomes one :class:`BatchSlicedStem` in the conv's place, the BN and the
+    pool Identities; units with hooks stay. A ``feature_info`` tap at the stem's activation then sees the pooled
+    stem, and its ``reduction`` says so."""
+    for module in model.modules():
+        for conv_name, bn_name, act_name, pool_name in getattr(module, "pooled_stem_units", ()):
+            units = [getattr(module, name, None) for name in (conv_name, bn_name, act_name, pool_name)]
+            conv, norm_act, act, pool = units
+            if type(conv) is not nn.Conv2d or type(norm_act) is not FoldedBatchNormAct or type(act) is not nn.Identity:
+                continue
+            if type(pool) is not ChannelsLastMaxPool2d or any(_has_hooks(unit) for unit in units):
+                continue
+            setattr(module, conv_name, BatchSlicedStem(conv, norm_act, pool))
+            setattr(module, bn_name, nn.Identity())
+            setattr(module, pool_name, nn.Identity())
+            pool_stride = nn.modules.utils._pair(pool.stride or pool.kernel_size)[0]
+            for info in getattr(module, "feature_info", ()):
+                if info.get("module") in (conv_name, bn_name, act_name):
+                    info["reduction"] *= pool_stride
+
+
 def _fold_batchnorms(model: nn.Module) -> None:
     """Fold each BN a block declares in ``conv_bn_pairs`` into its packed conv and put an Identity in its place.
 
@@ -273,7 +329,9 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
     PyTorch's BN computes, and puts an ``nn.Identity`` in its place; a block's residual add and PReLU / Hardtanh after
     it run in the same epilogue (:func:`zoo.nn.residual_unit.conv_bn_add_act`): one pass over the output instead of
     four. A stem BN and the PReLU after it (units a model declares in ``conv_bn_act_units``) become one
-    :class:`FoldedBatchNormAct` pass. Max-pools run the one-pass channels_last kernel (bit-exact, folded or not).
+    :class:`FoldedBatchNormAct` pass, and where the max-pool alone reads it (``pooled_stem_units``) the stem runs
+    on slices of the batch (:class:`BatchSlicedStem`; the inference copy's stem tap is then after the pool).
+    Max-pools run the one-pass channels_last kernel (bit-exact, folded or not).
     The affine rounds once per element; PyTorch's CPU BN kernel does too in its AVX2 / AVX-512 builds (then
     the folded form is bit-exact as well), otherwise it rounds twice and the two agree to float32 rounding (the tests
     allow rtol = atol = 1e-5 on the logits), so an activation within an ulp of a sign threshold may flip.
@@ -294,6 +352,7 @@ def to_inference(model: nn.Module, channels_last: bool = False, fold_bn: bool = 
     if fold_bn:
         _fold_batchnorms(model)
         _fold_stem_batchnorms(model)
+        _slice_pooled_stems(model)
         if channels_last:
             _fold_pointwise_convs(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model

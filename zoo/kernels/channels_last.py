@@ -47,10 +47,16 @@ def affine_prelu(
 
 
 def max_pool2d(
-    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.max_pool2d(x, kernel_size, stride, padding)`` (dilation 1, floor mode), bit for bit."""
+    """``F.max_pool2d(x, kernel_size, stride, padding)`` (dilation 1, floor mode), bit for bit; written into ``out``
+    (a tensor of the result's shape, channels_last where the C++ op runs) when given, and returned."""
     ext, code = _kernel_for(x)
     if ext is None:
-        return F.max_pool2d(x, kernel_size, stride, padding)
-    return ext.max_pool2d(x, *kernel_size, *stride, *padding, code)
+        pooled = F.max_pool2d(x, kernel_size, stride, padding)
+        return pooled if out is None else out.copy_(pooled)
+    return ext.max_pool2d(x, *kernel_size, *stride, *padding, code, out)

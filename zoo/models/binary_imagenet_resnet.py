@@ -102,6 +102,11 @@ class BinaryImageNetResNet(BinaryClassifier):
 
     conv_bn_act_units = (("conv1", "bn1", "act1"),)  # the stem: each output read by the next only (zoo.inference)
 
+    @property
+    def pooled_stem_units(self) -> tuple[tuple[str, str, str, str], ...]:
+        """The stem and its max-pool when the pool alone reads the stem (IR²Net's recovery reads it too)."""
+        return () if self.recovery is not None else (("conv1", "bn1", "act1", "maxpool"),)
+
     def __init__(
         self,
         num_classes: int = 1000,

@@ -4,7 +4,7 @@
 //   affine_prelu(x, scale, bias, slope)  out = fma(x, scale[c], bias[c]); out = out > 0 ? out : slope[c] * out
 //                                         (a folded eval-mode BN, as the binary kernel's epilogue applies it, then
 //                                         PReLU; without a slope the affine alone)
-//   max_pool2d(x, k, s, p)                PyTorch's max_pool2d (dilation 1, floor mode): the maximum over the window's
+//   max_pool2d(x, k, s, p[, out])         PyTorch's max_pool2d (dilation 1, floor mode): the maximum over the window's
 //                                         valid taps, a NaN tap makes the output NaN; bit-exact, max rounds nothing
 //
 // The loops run along channels and are vectorised by the compiler; the AVX2+FMA build is used where the CPU has it
@@ -136,7 +136,7 @@ __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, i
 }
 
 torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                         int64_t pw, int64_t isa) {
+                         int64_t pw, int64_t isa, std::optional<torch::Tensor> out_arg) {
   check_nhwc_float(x);
   TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
               "zoo channels_last op: max_pool2d needs kernel, stride >= 1 and 0 <= padding <= kernel / 2, got kernel ",
@@ -145,7 +145,15 @@ torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t
   TORCH_CHECK(H + 2 * ph >= kh && W + 2 * pw >= kw, "zoo channels_last op: input ", H, "x", W,
               " is smaller than the pooling window");
   const int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1;
-  torch::Tensor out = torch::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  torch::Tensor out;
+  if (out_arg) {
+    out = *out_arg;
+    check_nhwc_float(out);
+    TORCH_CHECK(out.sizes() == torch::IntArrayRef({N, C, OH, OW}), "zoo channels_last op: max_pool2d's out must be ",
+                torch::IntArrayRef({N, C, OH, OW}), ", got ", out.sizes());
+  } else {
+    out = torch::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  }
   if (out.numel() == 0) return out;
   const PoolArgs a{x.data_ptr<float>(), out.data_ptr<float>(), H, W, C, OH, OW, kh, kw, sh, sw, ph, pw};
   const bool avx2 = use_avx2(isa);
@@ -162,5 +170,6 @@ void register_channels_last_ops(pybind11::module_& m) {
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("affine_prelu", &affine_prelu, "x"_a, "scale"_a, "bias"_a, "prelu_weight"_a, "isa"_a, "inplace"_a = false,
         nogil);
-  m.def("max_pool2d", &max_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a, nogil);
+  m.def("max_pool2d", &max_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a,
+        "out"_a = std::nullopt, nogil);
 }
