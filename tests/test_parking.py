@@ -121,3 +121,21 @@ def test_a_prune_stage_is_parked_as_what_its_resume_reads(tmp_path: Path) -> Non
     fresh = tmp_path / "fresh" / "pruned-s0"
     assert restore_parked(fresh, parked_root)
     assert _files(fresh) == finished_stage
+
+
+def test_regenerate_parks_a_run_that_finished_here_unparked(repo: Path, monkeypatch) -> None:
+    from training import regenerate
+
+    parked_root = repo / "training" / "parked"
+    monkeypatch.setattr(regenerate, "PARKED_DIR", parked_root)
+    run_dir = Path("runs") / "parent-s0"
+    _train_epoch(run_dir, 1)
+    (run_dir / "final.safetensors").write_bytes(b"weights")
+    (run_dir / "result.json").write_text(json.dumps({"metrics": {"top1": 90.0}, "history": []}))
+    regenerate.ensure_finished(run_dir, regenerate.Parking(15, commit=False))
+    assert not parked_root.exists()  # parking without commits is left to the caller
+    for _ in range(2):  # the second call finds it parked: no new commit
+        regenerate.ensure_finished(run_dir, regenerate.Parking(15, commit=True))
+    messages = _git(repo, "log", "--format=%s").splitlines()
+    assert messages == ["Park the finished parent-s0 run: test 90.0%, held-out None%"]
+    assert (parked_root / "parent-s0" / "final.safetensors").read_bytes() == b"weights"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from training.export import export_run
 from training.finetune import train_finetune
-from training.park import parked_while_training, restore_parked
+from training.park import PARKED_DIR, commit_parked, park, parked_while_training, restore_parked
 from training.recipe import Recipe
 from training.seeds import recipe_run_dir, released_run, seed_recipes, with_seed
 from training.train import train_recipe
@@ -81,6 +81,9 @@ def ensure_finished(
     finished here or in ``training/parked/``."""
     restore_parked(run_dir)  # a run another machine finished or left half-way
     if (run_dir / "result.json").exists():
+        if parking.commit and not (PARKED_DIR / run_dir.name / "result.json").is_file():
+            # finished here but never parked (a sitting cut first): later seeds on another machine need it
+            commit_parked(park(run_dir, PARKED_DIR))
         return
     if run_dir in chain:
         raise ValueError(f"recipes need each other in a cycle: {' -> '.join(map(str, (*chain, run_dir)))}")
