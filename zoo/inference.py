@@ -176,8 +176,8 @@ class BatchSlicedStem(nn.Module):
     """A full-precision stem (conv → :class:`FoldedBatchNormAct` → :class:`ChannelsLastMaxPool2d`) run on slices of
     the batch, each pooled straight into one output: bit for bit the unsliced stem, without materialising the
     conv's full-resolution output for the whole batch. That tensor (103 MB at batch 32 × 64 × 112 × 112) is a fresh
-    mapping on every call, and its page faults were about 20 ms of a 47 ms stem; a slice of at most
-    ``slice_bytes`` stays under glibc's 32 MiB ceiling for reusing freed memory and is served from the heap.
+    mapping on every call, and its page faults were about 20 ms of a 47 ms stem; a slice of about ``slice_bytes``
+    (float32 conv output) stays under glibc's 32 MiB ceiling for reusing freed memory and is served from the heap.
     Used where the stem's output is read by the max-pool alone (the models' ``pooled_stem_units``)."""
 
     slice_bytes = 16 << 20
@@ -190,18 +190,17 @@ class BatchSlicedStem(nn.Module):
         return self.pool(self.norm_act(self.conv(x)), out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+        n, (stride_h, stride_w) = x.shape[0], self.conv.stride
+        image_bytes = self.conv.out_channels * -(-x.shape[2] // stride_h) * -(-x.shape[3] // stride_w) * 4
+        step = max(1, self.slice_bytes // image_bytes)
         # out= writes are invisible to autograd, and only the C++ pool (channels_last) writes into a view
-        if n == 1 or torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):
+        if step >= n or torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):
             return self._stem(x)
-        first = self.norm_act(self.conv(x[:1]))
-        step = max(1, self.slice_bytes // (first.numel() * first.element_size()))
-        if step >= n:
-            return self._stem(x)
-        pooled = self.pool(first)
-        out = torch.empty((n, *pooled.shape[1:]), dtype=pooled.dtype, memory_format=torch.channels_last)
-        out[:1].copy_(pooled)
-        for start in range(1, n, step):
+        first = self._stem(x[:step])
+        shape, channels_last = (n, *first.shape[1:]), torch.channels_last
+        out = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=channels_last)
+        out[:step].copy_(first)
+        for start in range(step, n, step):
             self._stem(x[start : start + step], out[start : start + step])
         return out
 
