@@ -195,15 +195,15 @@ LOAD_LOOP = textwrap.dedent(
     from zoo.bench import bench_checkpoint
     from zoo.evaluate import evaluate_checkpoint
     torch.set_num_threads(1)
-    peaks, top1 = {}, set()
+    resident, top1 = {}, set()
     for i in range(1, 7):
         top1.add(evaluate_checkpoint(sys.argv[1], None, None, progress=False, packed=True)["top1"])
         bench_checkpoint(sys.argv[1], batches=(1, 16), repeats=3)
         if i in (2, 6):
             gc.collect()
             # resident KiB between rounds: the peak (ru_maxrss) moved 19-157 MB by how one round's transients overlap
-            peaks[i] = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    print("PEAKS", json.dumps(peaks), "TOP1", json.dumps(sorted(top1)))
+            resident[i] = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    print("RESIDENT", json.dumps(resident), "TOP1", json.dumps(sorted(top1)))
     """
 )
 
@@ -215,12 +215,12 @@ def test_packed_eval_and_bench_repeated_in_one_process_do_not_grow() -> None:
     run = subprocess.run([sys.executable, "-c", LOAD_LOOP, bnn], cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=1800)  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
-    line = next(line for line in run.stdout.splitlines() if line.startswith("PEAKS"))
-    peaks_text, top1_text = line[len("PEAKS") :].split("TOP1")
-    peaks, top1 = json.loads(peaks_text), json.loads(top1_text)
+    line = next(line for line in run.stdout.splitlines() if line.startswith("RESIDENT"))
+    resident_text, top1_text = line[len("RESIDENT") :].split("TOP1")
+    resident, top1 = json.loads(resident_text), json.loads(top1_text)
     assert top1 == [registry.load_manifest()[bnn]["metrics"]["top1"]], "the packed kernels changed the accuracy"
-    growth_mb = (peaks["6"] - peaks["2"]) / 1024
-    assert growth_mb < 30, f"resident memory grew by {growth_mb:.1f} MB between rounds 2 and 6 ({peaks})"
+    growth_mb = (resident["6"] - resident["2"]) / 1024
+    assert growth_mb < 30, f"resident memory grew by {growth_mb:.1f} MB between rounds 2 and 6 ({resident})"
 
 
 # ------------------------------------------------------------------------------------------ killed export

@@ -177,7 +177,7 @@ class BatchSlicedStem(nn.Module):
     the batch, each pooled straight into one output: bit for bit the unsliced stem, without materialising the
     conv's full-resolution output for the whole batch. That tensor (103 MB at batch 32 × 64 × 112 × 112) is a fresh
     mapping on every call, and its page faults were about 20 ms of a 47 ms stem; a slice of about ``slice_bytes``
-    (float32 conv output) stays under glibc's 32 MiB ceiling for reusing freed memory and is served from the heap.
+    of conv output stays under glibc's 32 MiB ceiling for reusing freed memory and is served from the heap.
     Used where the stem's output is read by the max-pool alone (the models' ``pooled_stem_units``)."""
 
     slice_bytes = 16 << 20
@@ -191,7 +191,9 @@ class BatchSlicedStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, (stride_h, stride_w) = x.shape[0], self.conv.stride
-        image_bytes = self.conv.out_channels * -(-x.shape[2] // stride_h) * -(-x.shape[3] // stride_w) * 4
+        image_bytes = (
+            self.conv.out_channels * -(-x.shape[2] // stride_h) * -(-x.shape[3] // stride_w) * x.element_size()
+        )
         step = max(1, self.slice_bytes // image_bytes)
         # out= writes are invisible to autograd, and only the C++ pool (channels_last) writes into a view
         if step >= n or torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):

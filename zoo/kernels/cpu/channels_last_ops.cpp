@@ -26,12 +26,12 @@ bool use_avx2(int64_t isa) {
   return isa != kScalarIsa && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-void check_nhwc_float(const torch::Tensor& x) {
+void check_nhwc_float(const torch::Tensor& x, const char* name = "the input") {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 4,
-              "zoo channels_last op: expected a float32 CPU (N, C, H, W) tensor, got ", x.scalar_type(), " ",
-              x.sizes(), " on ", x.device());
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "zoo channels_last op: the input must be in channels_last memory format");
+              "zoo channels_last op: ", name, " must be a float32 CPU (N, C, H, W) tensor, got ", x.scalar_type(),
+              " ", x.sizes(), " on ", x.device());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "zoo channels_last op: ", name,
+              " must be in channels_last memory format");
 }
 
 torch::Tensor channel_vector(const torch::Tensor& t, int64_t C, const char* name) {
@@ -148,7 +148,7 @@ torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t
   torch::Tensor out;
   if (out_arg) {
     out = *out_arg;
-    check_nhwc_float(out);
+    check_nhwc_float(out, "max_pool2d's out");
     TORCH_CHECK(out.sizes() == torch::IntArrayRef({N, C, OH, OW}), "zoo channels_last op: max_pool2d's out must be ",
                 torch::IntArrayRef({N, C, OH, OW}), ", got ", out.sizes());
   } else {
