@@ -237,6 +237,20 @@ def test_the_int8_parent_is_a_quantized_model_that_agrees_with_the_float_one():
     assert agree >= 0.9  # int8 rounding flips a few close calls, not the model
 
 
+def test_quantizing_to_int8_keeps_no_model_alive_after_the_caller_drops_it():
+    import gc
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+    parent, calibration = zoo.from_pretrained("resnet20.fmnist").eval(), torch.randn(4, 1, 28, 28)
+    quantize_int8_fx(parent, calibration, x86_engine())
+    before = live_tensors()
+    quantize_int8_fx(parent, calibration, x86_engine())
+    assert live_tensors() == before, "a cache holds the models quantized before: repeated benches grow"
+
+
 def _copy_checkpoints(tmp_path: Path, *ids: str) -> Path:
     import shutil
 
