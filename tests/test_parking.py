@@ -70,6 +70,25 @@ def test_a_state_over_the_limit_is_reported_once_and_training_goes_on(repo: Path
     assert capsys.readouterr().out.count("not parking:") == 1 and not (repo / "parked" / "big").exists()
 
 
+def test_finished_weights_park_under_their_own_larger_limit(tmp_path: Path, monkeypatch) -> None:
+    from training import park as parking
+
+    monkeypatch.setattr(parking, "MAX_PARKED_BYTES", 100)
+    monkeypatch.setattr(parking, "MAX_FINISHED_BYTES", 1000)
+    run_dir = tmp_path / "runs" / "resnet18-s0"
+    (run_dir / "state").mkdir(parents=True)
+    (run_dir / "state" / "model.safetensors").write_bytes(bytes(500))
+    with pytest.raises(ValueError, match="resumable state is over"):
+        park(run_dir, tmp_path / "parked")
+    (run_dir / "final.safetensors").write_bytes(bytes(500))
+    (run_dir / "result.json").write_text("{}")
+    assert (park(run_dir, tmp_path / "parked") / "final.safetensors").stat().st_size == 500
+    (run_dir / "final.safetensors").write_bytes(bytes(2000))
+    with pytest.raises(ValueError, match="finished weights is over"):
+        park(run_dir, tmp_path / "parked")
+    assert (tmp_path / "parked" / "resnet18-s0" / "final.safetensors").stat().st_size == 500  # the old copy stays
+
+
 def test_a_commit_that_git_refuses_is_reported_and_retried_at_the_next_parking(repo: Path, capsys) -> None:
     run_dir, lock = repo / "runs" / "tiny-s0", repo / ".git" / "index.lock"
     _train_epoch(run_dir, 1)

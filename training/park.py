@@ -35,6 +35,10 @@ CARRIED = (STATE_DIR, "metrics.jsonl", "prune")
 FINISHED = ("final.safetensors", RESULT, "metrics.jsonl")
 #: A parked run is committed: keep it to small models (a ResNet-56 state is ~7 MB, a ResNet-20's ~2 MB).
 MAX_PARKED_BYTES = 32 * 2**20
+#: A finished run's weights are committed once (re-parking it changes nothing), as the teacher or the initialisation
+#: of runs in later sittings: room for a float ResNet-18's 45 MB, whose resumable states (85-134 MB with the
+#: optimizer) stay on the machine, so a ResNet-18 run that is cut off starts over in the next sitting.
+MAX_FINISHED_BYTES = 64 * 2**20
 
 
 def _size(path: Path) -> int:
@@ -53,10 +57,13 @@ def _resume_needs(path: Path) -> list[Path]:
     return [f for child in sorted(path.iterdir()) if child.name not in skipped for f in _resume_needs(child)]
 
 
-def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PARKED_BYTES) -> Path:
+def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int | None = None) -> Path:
     """Copy ``run_dir``'s resumable files (or, finished, its weights and result) to ``parked_root/<run name>``,
-    replaced whole, never half-written."""
+    replaced whole, never half-written; refused over ``max_bytes`` (by default ``MAX_PARKED_BYTES`` for a resumable
+    state, ``MAX_FINISHED_BYTES`` for a finished run)."""
     finished = (run_dir / RESULT).is_file()
+    if max_bytes is None:
+        max_bytes = MAX_FINISHED_BYTES if finished else MAX_PARKED_BYTES
     state = latest_state(run_dir)
     if state is None and not finished:
         raise FileNotFoundError(f"{run_dir}: no {STATE_DIR}/ to park (train first: python -m training.train ...)")
@@ -66,8 +73,9 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int = MAX_PAR
     total = sum(f.stat().st_size for f in files.values())
     if total > max_bytes:
         raise ValueError(
-            f"{run_dir}: {total / 2**20:.1f} MB of resumable state is over the {max_bytes / 2**20:.0f} MB that may be "
-            "committed; keep its runs/ folder on a disk the next machine mounts instead (--run-dir)"
+            f"{run_dir}: {total / 2**20:.1f} MB of {'finished weights' if finished else 'resumable state'} is over "
+            f"the {max_bytes / 2**20:.0f} MB that may be committed; keep its runs/ folder on a disk the next machine "
+            "mounts instead (--run-dir)"
         )
     dest = parked_root / run_dir.name
     tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
