@@ -62,6 +62,20 @@ def test_seeds_of_one_release_hold_out_the_same_images_or_each_its_own_but_not_a
         released_run(mixed)
 
 
+def test_regenerate_reuses_a_finished_run_only_under_the_recipe_that_made_it(tmp_path, monkeypatch):
+    from training import regenerate
+
+    monkeypatch.setattr(regenerate, "PARKED_DIR", tmp_path / "parked")
+    legacy_s1 = _fake_run(tmp_path / "runs" / "tiny-s1", 1, 90.0, {"holdout": 100})  # split drawn by its seed, 1
+    raw = tiny_recipe(epochs=1, seed=1)
+    regenerate.ensure_finished(legacy_s1, recipe=Recipe.from_dict(raw | {"data": raw["data"] | {"holdout": 100}}))
+    today = Recipe.from_dict(raw | {"data": raw["data"] | {"holdout": 100, "holdout_seed": 0}})
+    with pytest.raises(ValueError, match=r"tiny-s1 finished under another recipe .*\['data'\] differ\)\. To "
+                       r"retrain it with today's recipe, delete .*tiny-s1 and training/parked/tiny-s1"):  # fmt: skip
+        regenerate.ensure_finished(legacy_s1, recipe=today)
+    assert (legacy_s1 / "result.json").is_file()  # refused, nothing deleted
+
+
 def test_a_shared_holdout_seed_holds_out_the_same_images_for_every_seed():
     from training.trainer import training_and_holdout
 

@@ -25,7 +25,7 @@ from training.export import export_run
 from training.finetune import train_finetune
 from training.park import PARKED_DIR, commit_parked, park, parked_while_training, restore_parked
 from training.recipe import Recipe
-from training.seeds import recipe_run_dir, released_run, seed_recipes, with_seed
+from training.seeds import check_finished_under, recipe_run_dir, released_run, seed_recipes, with_seed
 from training.train import train_recipe
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -80,14 +80,16 @@ def ensure_finished(
     """Train ``run_dir`` with ``recipe`` (default: the one named after it), first what it needs, unless it has
     finished here or in ``training/parked/``."""
     restore_parked(run_dir)  # a run another machine finished or left half-way
+    recipe = recipe or recipe_for_run(run_dir)
     if (run_dir / "result.json").exists():
+        if recipe is not None:
+            check_finished_under(recipe, run_dir)
         if parking.commit and not (PARKED_DIR / run_dir.name / "result.json").is_file():
             # finished here but never parked (a sitting cut first): later seeds on another machine need it
             commit_parked(park(run_dir, PARKED_DIR))
         return
     if run_dir in chain:
         raise ValueError(f"recipes need each other in a cycle: {' -> '.join(map(str, (*chain, run_dir)))}")
-    recipe = recipe or recipe_for_run(run_dir)
     if recipe is None:
         raise FileNotFoundError(
             f"{run_dir} is needed but has not finished, and no recipe trains it: add "

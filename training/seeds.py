@@ -63,6 +63,26 @@ def check_same_holdout(results: dict[Path, dict[str, Any]]) -> None:
                          f"data.holdout_seed {shared}")  # fmt: skip
 
 
+def _differing_sections(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def check_finished_under(recipe: Recipe, run_dir: Path) -> None:
+    """A finished run is reused (exported, or trained on) only if ``recipe`` trains it as it was trained: else a
+    release would carry numbers its recipe did not make (e.g. a recipe that later gained ``data.holdout_seed``)."""
+    trained, wanted = run_identity(read_result(run_dir)["recipe"]), run_identity(recipe.to_dict())
+    if recipe.prune is not None:  # the prune stage filled in the widths and the pruned weights the run started from
+        for identity in (trained, wanted):
+            identity["model"].pop("args")
+            identity["model"].pop("init_from")
+    differing = _differing_sections(trained, wanted)
+    if differing:
+        raise ValueError(f"{run_dir} finished under another recipe than {recipe.id}'s of today (sections {differing} "
+                         f"differ). To retrain it with today's recipe, delete {run_dir} and training/parked/"
+                         f"{run_dir.name}, then run training.regenerate again; to keep it, restore the recipe it "
+                         "records in its result.json.")  # fmt: skip
+
+
 def check_same_recipe(results: dict[Path, dict[str, Any]]) -> None:
     """Seeds of one release differ in their seed alone; anything else makes their spread meaningless."""
     (first, reference), *others = results.items()
@@ -70,7 +90,7 @@ def check_same_recipe(results: dict[Path, dict[str, Any]]) -> None:
     for run_dir, result in others:
         other = seedless_identity(result["recipe"])
         if other != base:
-            differing = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+            differing = _differing_sections(base, other)
             raise ValueError(f"{run_dir} was not trained with {first}'s recipe (sections {differing} differ): "
                              "seeds of one release may differ in train.seed only")  # fmt: skip
     check_same_holdout(results)
