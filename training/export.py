@@ -20,7 +20,7 @@ from training.recipe import Recipe
 from training.seeds import final_held_out_top1, read_result, released_run, seed_statistics, seedless_identity
 from training.trainer import RUN_PREFIX, create_recipe_model, load_trained_model
 from zoo.bench import measure_checkpoint_speed
-from zoo.cards import render_card, seed_spread
+from zoo.cards import render_card, rerender_cards, seed_spread
 from zoo.checkpoint import state_dict_for_saving, write_checkpoint_folder
 from zoo.data import dataset_spec, load_dataset, to_tensors
 from zoo.evaluate import accuracy, predict_logits
@@ -243,6 +243,7 @@ def export_run(
     )
     if dest_root.resolve() == (repo_root() / "models").resolve():  # only the repository's hub feeds the manifest
         write_manifest(dest_root)
+        rerender_cards()  # the other releases' targets compare with this one
     return config
 
 

@@ -235,8 +235,28 @@ def _storage(meta: dict[str, Any]) -> str:
     return f"binary weights: {binary}; classifier weight matrix: {head}; everything else float32"
 
 
-def render_card(config: dict[str, Any]) -> str:
-    """The README.md of a checkpoint folder."""
+def _targets_section(config: dict[str, Any], releases: dict[str, dict[str, Any]] | None) -> str:
+    """The card's "Targets" section: this release's targets (:mod:`zoo.targets`) against the other releases (by
+    default those in the repository's ``models/``), "" where no target names it."""
+    from zoo.registry import build_manifest, models_dir
+    from zoo.targets import MIN_SEEDS, release_targets, targets_table
+
+    meta = config["zoo"]
+    releases = dict(build_manifest(models_dir()) if releases is None else releases)
+    releases[meta["id"]] = {"architecture": config["architecture"], **meta}
+    table = targets_table(release_targets(meta["id"], releases))
+    if not table:
+        return ""
+    intro = (
+        f"What this release is held to, on means over seeds (each target asks for at least {MIN_SEEDS}), "
+        "from the measured numbers of the releases named (`zoo targets` lists them all):"
+    )
+    return f"## Targets\n\n{intro}\n\n{table}\n"
+
+
+def render_card(config: dict[str, Any], releases: dict[str, dict[str, Any]] | None = None) -> str:
+    """The README.md of a checkpoint folder; ``releases`` (id → manifest entry, default: the repository's
+    ``models/``) are what its targets compare with."""
     from zoo.registry import HF_ORG
 
     meta = config["zoo"]
@@ -279,6 +299,7 @@ def render_card(config: dict[str, Any]) -> str:
         "speed": _speed_section(meta.get("speed")),
         "pruning": _pruning_section(meta),
         "superseded": _superseded(meta),
+        "targets": _targets_section(config, releases),
     }
     template = string.Template((CARDS_DIR / "template.md").read_text())
     return template.substitute(values)
@@ -286,12 +307,13 @@ def render_card(config: dict[str, Any]) -> str:
 
 def rerender_cards(check: bool = False) -> list[str]:
     """Re-render every ``models/<id>/README.md``; return the ids whose card changed (or would, with ``check``)."""
-    from zoo.registry import CARD_NAME, models_dir
+    from zoo.registry import CARD_NAME, build_manifest, models_dir
 
+    releases = build_manifest(models_dir())
     changed = []
     for config_path in sorted(models_dir().glob("*/config.json")):
         card = config_path.with_name(CARD_NAME)
-        rendered = render_card(json.loads(config_path.read_text()))
+        rendered = render_card(json.loads(config_path.read_text()), releases)
         if not card.exists() or card.read_text() != rendered:
             changed.append(config_path.parent.name)
             if not check:

@@ -239,6 +239,19 @@ def cmd_cards(args: argparse.Namespace) -> None:
     print(f"cards: {len(changed)} changed")
 
 
+def cmd_targets(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from zoo.registry import load_manifest
+    from zoo.targets import all_targets, targets_table
+
+    checks = all_targets(load_manifest())
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+    else:
+        print(targets_table(checks, with_ids=True) or "no released checkpoint is named by a target", end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cards", help="re-render models/*/README.md from config.json and cards/")
     p.add_argument("--check", action="store_true", help="fail if a committed card differs from its rendering")
     p.set_defaults(func=cmd_cards)
+
+    p = sub.add_parser("targets", help="the released checkpoints' targets (zoo.targets), met or missed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_targets)
     return parser
 
 
