@@ -304,6 +304,19 @@ def reported_table(results: Sequence[Any] | None = None) -> list[str]:
 REPORTED_HEADING = "## Reported by the papers (not measured here)"
 
 
+def _targets_lines() -> list[str]:
+    """The released checkpoints' targets (:mod:`zoo.targets`), from the means of seeds recorded at export."""
+    from zoo.targets import MIN_SEEDS, all_targets, targets_table
+
+    table = targets_table(all_targets(load_manifest()), with_ids=True)
+    if not table:
+        return []
+    return ["## Targets", "",
+            "What each release is held to (issue 14), judged on the mean top-1 of its seeds recorded at export against",
+            f"the releases it names, and only with at least {MIN_SEEDS} seeds on each side (`zoo targets`).", "",
+            table]  # fmt: skip
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         "# Leaderboard",
@@ -337,6 +350,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         f"Top-1 against batch-1 latency: [{LATENCY_PLOT}]({LATENCY_PLOT}). Both plots show measured rows only,",
         "one panel per dataset; the dashed step line is the Pareto front (the best top-1 for at most that cost).",
         "",
+        *_targets_lines(),
         REPORTED_HEADING,
         "",
         "What the papers report, transcribed from their public material (`zoo/reported.py`: the IR²Net and SD-BNN",
