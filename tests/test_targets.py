@@ -8,6 +8,7 @@ from typing import Any
 
 from zoo.cards import render_card
 from zoo.cli import main
+from zoo.leaderboard import markdown
 from zoo.registry import load_manifest
 from zoo.targets import MIN_SEEDS, all_targets, release_targets
 
@@ -77,3 +78,5 @@ def test_the_cards_and_zoo_targets_show_the_released_checkpoints_targets(capsys)
     assert "## Targets" in card and "above `resnet20_bnn.fmnist` by more than one std" in card
     parent = json.loads((models_dir() / "resnet20.fmnist" / "config.json").read_text())
     assert "## Targets" not in render_card(parent)
+    board = markdown([])
+    assert "## Targets" in board and "| `resnet20_sdbnn.fmnist` | above `resnet20_bnn.fmnist`" in board
