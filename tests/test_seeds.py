@@ -74,6 +74,9 @@ def test_regenerate_reuses_a_finished_run_only_under_the_recipe_that_made_it(tmp
                        r"retrain it with today's recipe, delete .*tiny-s1 and training/parked/tiny-s1"):  # fmt: skip
         regenerate.ensure_finished(legacy_s1, recipe=today)
     assert (legacy_s1 / "result.json").is_file()  # refused, nothing deleted
+    (legacy_s1 / "result.json").write_text(json.dumps({"metrics": {"top1": 50.0}}))
+    with pytest.raises(ValueError, match="records no recipe"):
+        regenerate.ensure_finished(legacy_s1, recipe=today)
 
 
 def test_a_shared_holdout_seed_holds_out_the_same_images_for_every_seed():

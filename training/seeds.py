@@ -70,7 +70,13 @@ def _differing_sections(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def check_finished_under(recipe: Recipe, run_dir: Path) -> None:
     """A finished run is reused (exported, or trained on) only if ``recipe`` trains it as it was trained: else a
     release would carry numbers its recipe did not make (e.g. a recipe that later gained ``data.holdout_seed``)."""
-    trained, wanted = run_identity(read_result(run_dir)["recipe"]), run_identity(recipe.to_dict())
+    recorded = read_result(run_dir).get("recipe")
+    if recorded is None:
+        raise ValueError(
+            f"{run_dir}/result.json records no recipe, so nothing says how it was trained: retrain "
+            f"it (delete {run_dir} and training/parked/{run_dir.name}, then run training.regenerate)"
+        )
+    trained, wanted = run_identity(recorded), run_identity(recipe.to_dict())
     if recipe.prune is not None:  # the prune stage filled in the widths and the pruned weights the run started from
         for identity in (trained, wanted):
             identity["model"].pop("args")
