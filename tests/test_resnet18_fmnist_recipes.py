@@ -79,7 +79,7 @@ def recorded_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[t
     def fake_train(recipe: Recipe, run_dir: Path) -> dict:
         trained.append((recipe.id, recipe.train.seed, run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "result.json").write_text(json.dumps({}))
+        (run_dir / "result.json").write_text(json.dumps({"recipe": recipe.to_dict()}))  # as the trainer records it
         return {}
 
     monkeypatch.setattr(regenerate, "train_recipe", fake_train)
