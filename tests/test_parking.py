@@ -89,6 +89,20 @@ def test_finished_weights_park_under_their_own_larger_limit(tmp_path: Path, monk
     assert (tmp_path / "parked" / "resnet18-s0" / "final.safetensors").stat().st_size == 500  # the old copy stays
 
 
+def test_a_run_still_in_its_prune_search_parks_its_cache_and_resumes_from_it(tmp_path: Path) -> None:
+    run_dir, parked_root = tmp_path / "machine1" / "pruned-s2", tmp_path / "parked"
+    (run_dir / "prune").mkdir(parents=True)
+    (run_dir / "prune" / "fitness.json").write_text('{"candidate": 85.6}')  # the search's evaluations so far
+    assert sorted(p.name for p in park(run_dir, parked_root).rglob("*")) == ["fitness.json", "prune"]
+    fresh = tmp_path / "machine2" / "pruned-s2"
+    assert restore_parked(fresh, parked_root)
+    assert (fresh / "prune" / "fitness.json").read_text() == '{"candidate": 85.6}'
+    (fresh / "prune" / "fitness.json").write_text('{"candidate": 85.6, "next": 84.9}')
+    assert not restore_parked(fresh, parked_root)  # its own, newer cache is kept
+    with pytest.raises(FileNotFoundError, match="no state/ to park"):
+        park(tmp_path / "machine1" / "untrained", parked_root)
+
+
 def test_a_commit_that_git_refuses_is_reported_and_retried_at_the_next_parking(repo: Path, capsys) -> None:
     run_dir, lock = repo / "runs" / "tiny-s0", repo / ".git" / "index.lock"
     _train_epoch(run_dir, 1)

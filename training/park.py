@@ -65,10 +65,11 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int | None = 
     if max_bytes is None:
         max_bytes = MAX_FINISHED_BYTES if finished else MAX_PARKED_BYTES
     state = latest_state(run_dir)
-    if state is None and not finished:
+    if state is None and not finished and not (run_dir / "prune").is_dir():  # a prune stage resumes from its cache
         raise FileNotFoundError(f"{run_dir}: no {STATE_DIR}/ to park (train first: python -m training.train ...)")
     carried = FINISHED if finished else CARRIED  # a finished run: its weights and record, for export or as a teacher
-    items = {n: (state if n == STATE_DIR else run_dir / n) for n in carried if n == STATE_DIR or (run_dir / n).exists()}
+    items = {n: (state if n == STATE_DIR else run_dir / n) for n in carried
+             if (state is not None if n == STATE_DIR else (run_dir / n).exists())}  # fmt: skip
     files = {Path(name) / f.relative_to(src): f for name, src in items.items() for f in _resume_needs(src)}
     total = sum(f.stat().st_size for f in files.values())
     if total > max_bytes:
@@ -92,11 +93,12 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int | None = 
 
 
 def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
-    """Copy a parked run into ``run_dir`` when ``run_dir`` has neither state nor result of its own; True if it did."""
+    """Copy a parked run into ``run_dir`` when ``run_dir`` has no state, result or prune cache of its own; True if
+    it did."""
     parked = parked_root / run_dir.name
-    if latest_state(run_dir) is not None or (run_dir / RESULT).is_file():
+    if latest_state(run_dir) is not None or (run_dir / RESULT).is_file() or (run_dir / "prune").is_dir():
         return False
-    if not (parked / STATE_DIR).is_dir() and not (parked / RESULT).is_file():
+    if not any((parked / name).exists() for name in (STATE_DIR, RESULT, "prune")):
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(parked.iterdir()):
