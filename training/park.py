@@ -26,12 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.prune import PLAN_FILE, WEIGHTS_FILE
+from training.prune import PLAN_FILE, STAGE_DIR, WEIGHTS_FILE
 from training.trainer import STATE_DIR, latest_state
 
 PARKED_DIR = Path(__file__).with_name("parked")
 RESULT = "result.json"
-CARRIED = (STATE_DIR, "metrics.jsonl", "prune")
+CARRIED = (STATE_DIR, "metrics.jsonl", STAGE_DIR)
 FINISHED = ("final.safetensors", RESULT, "metrics.jsonl")
 #: A parked run is committed: keep it to small models (a ResNet-56 state is ~7 MB, a ResNet-20's ~2 MB).
 MAX_PARKED_BYTES = 32 * 2**20
@@ -65,7 +65,7 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int | None = 
     if max_bytes is None:
         max_bytes = MAX_FINISHED_BYTES if finished else MAX_PARKED_BYTES
     state = latest_state(run_dir)
-    if state is None and not finished and not (run_dir / "prune").is_dir():  # a prune stage resumes from its cache
+    if state is None and not finished and not (run_dir / STAGE_DIR).is_dir():  # a prune stage resumes from its cache
         raise FileNotFoundError(f"{run_dir}: no {STATE_DIR}/ to park (train first: python -m training.train ...)")
     carried = FINISHED if finished else CARRIED  # a finished run: its weights and record, for export or as a teacher
     items = {n: (state if n == STATE_DIR else run_dir / n) for n in carried
@@ -96,9 +96,9 @@ def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
     """Copy a parked run into ``run_dir`` when ``run_dir`` has no state, result or prune cache of its own; True if
     it did."""
     parked = parked_root / run_dir.name
-    if latest_state(run_dir) is not None or (run_dir / RESULT).is_file() or (run_dir / "prune").is_dir():
+    if latest_state(run_dir) is not None or (run_dir / RESULT).is_file() or (run_dir / STAGE_DIR).is_dir():
         return False
-    if not any((parked / name).exists() for name in (STATE_DIR, RESULT, "prune")):
+    if not any((parked / name).exists() for name in (STATE_DIR, RESULT, STAGE_DIR)):
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(parked.iterdir()):
