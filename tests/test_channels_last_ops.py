@@ -15,7 +15,7 @@ import zoo.kernels as zk
 from zoo.inference import BatchSlicedStem, ChannelsLastMaxPool2d, FoldedBatchNormAct, PointwiseConvBatchNorm
 from zoo.kernels import _build
 from zoo.kernels.binary import _apply_epilogue
-from zoo.kernels.channels_last import affine_prelu, max_pool2d
+from zoo.kernels.channels_last import affine_prelu, max_pool2d, pooled_affine_prelu
 
 _ISAS = {"scalar": 1, "avx2": 2, "avx512-vpopcntdq": 3}
 CPU_PATHS = [name for name in _ISAS if name in zk.available_isas()]
@@ -76,11 +76,35 @@ def test_affine_prelu_is_the_epilogues_single_rounding(isa, c, slopes) -> None:
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.skipif(not CPU_PATHS, reason="the C++ extension is not available here")
+@pytest.mark.parametrize("isa", CPU_PATHS)
+@pytest.mark.parametrize("c, slopes", [(64, 64), (13, 1), (8, None), (3, 3), (20, 20)])
+def test_pooled_affine_prelu_is_the_two_passes_bit_for_bit(isa, c, slopes) -> None:
+    """The max-pool of the BN + PReLU from each window's max and min: negative and zero scales (the affine falls),
+    negative slopes (PReLU falls then rises), ties (values on a coarse grid), NaN, ±inf and both zeros."""
+    ext = _build.load_extension()
+    gen = torch.Generator().manual_seed(c)
+    x = (_awkward(2, c, 11, 9, seed=c) * 2).round() / 2  # many equal values in a window
+    x[1, :, 2:5, 2:5] = -0.0
+    scale, bias = torch.randn(c, generator=gen), torch.randn(c, generator=gen)
+    scale[0] = 0.0
+    slope = None if slopes is None else torch.randn(slopes, generator=gen)
+    want = F.max_pool2d(ext.affine_prelu(x, scale, bias, slope, _ISAS[isa]), 3, 2, 1)
+    got = ext.max_pool2d(x, 3, 3, 2, 2, 1, 1, _ISAS[isa], None, scale, bias, slope)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.isnan().any()
+    assert _same(got, want)
+    out = torch.full((3, c, 6, 5), 7.0).contiguous(memory_format=torch.channels_last)
+    returned = pooled_affine_prelu(x, scale, bias, slope, (3, 3), (2, 2), (1, 1), out=out[1:])
+    assert returned.data_ptr() == out[1:].data_ptr() and _same(out[1:], want) and (out[0] == 7.0).all()
+
+
 def test_channels_last_ops_fall_back_to_pytorch_elsewhere(monkeypatch) -> None:
     x = torch.randn(2, 6, 9, 9)  # NCHW: not the kernel's layout
     assert torch.equal(max_pool2d(x, (3, 3), (2, 2), (1, 1)), F.max_pool2d(x, 3, 2, 1))
     scale, bias, slope = torch.randn(6), torch.randn(6), torch.randn(6)
     assert torch.equal(affine_prelu(x, scale, bias, slope), _apply_epilogue(x, scale, bias, None, slope, None))
+    pooled = pooled_affine_prelu(x, scale, bias, slope, (3, 3), (2, 2), (1, 1))
+    assert torch.equal(pooled, F.max_pool2d(affine_prelu(x, scale, bias, slope), 3, 2, 1))
     monkeypatch.setenv("ZOO_DISABLE_KERNELS", "1")
     y = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(max_pool2d(y, (3, 3), (2, 2), (1, 1)), F.max_pool2d(y, 3, 2, 1))
@@ -97,6 +121,8 @@ def test_channels_last_ops_refuse_what_they_cannot_compute() -> None:
         ext.max_pool2d(x, 3, 3, 2, 2, 2, 2, 0)
     with pytest.raises(RuntimeError, match="prelu_weight must be float32 on the CPU with 1 or 4"):
         ext.affine_prelu(x, torch.ones(4), torch.zeros(4), torch.ones(3), 0)
+    with pytest.raises(RuntimeError, match="epilogue needs both scale and bias"):
+        ext.max_pool2d(x, 3, 3, 2, 2, 1, 1, 0, None, torch.ones(4), None, None)
 
 
 @pytest.mark.parametrize("arch", ["resnet18_bireal", "resnet18_sdbnn"])
@@ -188,6 +214,9 @@ def test_batch_sliced_stem_is_bit_exact_and_skips_ir2net(batch, monkeypatch) -> 
         monkeypatch.setattr(BatchSlicedStem, "slice_bytes", 2 * 64 * 24 * 24 * 4)  # two images per slice
         assert torch.equal(fast(x), whole)
         assert torch.equal(fast(x.contiguous()), whole)  # NCHW input: the unsliced stem
+        stem = fast.conv1
+        two_passes = stem.pool(stem.norm_act(stem.conv(x)))  # BN + PReLU at full resolution, then the pool
+        assert torch.equal(stem(x), two_passes)
     ir2net = zoo.to_inference(timm.create_model("resnet18_ir2net", num_classes=10).eval(), channels_last=True)
     assert isinstance(ir2net.maxpool, ChannelsLastMaxPool2d)  # its recovery reads the stem before the pool
 

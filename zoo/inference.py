@@ -30,7 +30,7 @@ from torch import nn
 from zoo.errors import ShapeMismatchError
 from zoo.kernels import pack_weights, unpack_weights
 from zoo.kernels.binary import conv_geometry, fuses_asd_threshold, run_binary_conv2d
-from zoo.kernels.channels_last import affine_prelu, max_pool2d
+from zoo.kernels.channels_last import affine_prelu, max_pool2d, pooled_affine_prelu
 from zoo.nn import BinaryConv2d
 from zoo.nn.self_distribution import ActivationSelfDistribution, activation_shift
 
@@ -168,8 +168,12 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
     (:func:`zoo.kernels.channels_last.max_pool2d`), bit for bit PyTorch's result."""
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return max_pool2d(x, *self.window(), out)
+
+    def window(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(kernel_size, stride, padding) as pairs."""
         pair = nn.modules.utils._pair
-        return max_pool2d(x, pair(self.kernel_size), pair(self.stride or self.kernel_size), pair(self.padding), out)
+        return pair(self.kernel_size), pair(self.stride or self.kernel_size), pair(self.padding)
 
 
 class BatchSlicedStem(nn.Module):
@@ -187,7 +191,10 @@ class BatchSlicedStem(nn.Module):
         self.conv, self.norm_act, self.pool = conv, norm_act, pool
 
     def _stem(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        return self.pool(self.norm_act(self.conv(x)), out)
+        # the BN + PReLU on the pooled grid only (zoo.kernels.channels_last.pooled_affine_prelu): bit for bit the
+        # BN + PReLU pass then the max-pool, without the full-resolution pass
+        terms = self.norm_act.scale, self.norm_act.bias, self.norm_act.prelu_weight
+        return pooled_affine_prelu(self.conv(x), *terms, *self.pool.window(), out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, (stride_h, stride_w) = x.shape[0], self.conv.stride

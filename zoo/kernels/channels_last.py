@@ -3,7 +3,8 @@ tensors (C++ in ``cpu/channels_last_ops.cpp``, part of the binary kernels' exten
 
 :func:`affine_prelu` is a folded eval-mode BatchNorm's ``fma(x, scale, bias)`` followed by PReLU (the stem of the
 ImageNet BNNs: PyTorch runs the two as two passes); :func:`max_pool2d` is PyTorch's max-pool bit for bit without the
-int64 index tensor that ``aten::max_pool2d_with_indices`` writes even when nobody asks for it.
+int64 index tensor that ``aten::max_pool2d_with_indices`` writes even when nobody asks for it;
+:func:`pooled_affine_prelu` is the two in one pass, applying the affine and PReLU on the pooled grid only.
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ def affine_prelu(
 
     ``inplace=True`` lets the C++ op overwrite ``x`` (a temporary nobody else reads): a fresh buffer of the stem's
     size costs its page faults, 26 ms of a 29 ms pass at batch 32 x 64 x 112 x 112. Elsewhere ``x`` is left alone."""
-    ext, code = _kernel_for(x)
-    if ext is not None and code != _ISA_CODES["scalar"] and "avx2" in ext.available_isas():
+    ext, code = _affine_kernel_for(x)
+    if ext is not None:
         return ext.affine_prelu(x, scale, bias, prelu_weight, code, inplace)
     return _apply_epilogue(x, scale, bias, None, prelu_weight, None)
+
+
+def _affine_kernel_for(x: torch.Tensor):
+    """(extension, ISA code) when the C++ affine takes ``x`` (it needs FMA: std::fma is a libm call per element
+    without it), else (None, 0)."""
+    ext, code = _kernel_for(x)
+    if ext is not None and code != _ISA_CODES["scalar"] and "avx2" in ext.available_isas():
+        return ext, code
+    return None, 0
 
 
 def max_pool2d(
@@ -60,3 +70,23 @@ def max_pool2d(
         pooled = F.max_pool2d(x, kernel_size, stride, padding)
         return pooled if out is None else out.copy_(pooled)
     return ext.max_pool2d(x, *kernel_size, *stride, *padding, code, out)
+
+
+def pooled_affine_prelu(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    prelu_weight: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``max_pool2d(affine_prelu(x, scale, bias, prelu_weight), kernel_size, stride, padding, out)`` bit for bit, in
+    one pass where the C++ ops run: each window's max and min of ``x`` decide it (the affine and PReLU are monotone or
+    fall then rise, so their maximum over a window is at its smallest or largest input), and the affine and PReLU are
+    applied on the pooled grid only. ``x`` is read once and nothing of its size is written."""
+    ext, code = _affine_kernel_for(x)
+    if ext is None:
+        return max_pool2d(affine_prelu(x, scale, bias, prelu_weight), kernel_size, stride, padding, out)
+    return ext.max_pool2d(x, *kernel_size, *stride, *padding, code, out, scale, bias, prelu_weight)

@@ -6,6 +6,8 @@
 //                                         PReLU; without a slope the affine alone)
 //   max_pool2d(x, k, s, p[, out])         PyTorch's max_pool2d (dilation 1, floor mode): the maximum over the window's
 //                                         valid taps, a NaN tap makes the output NaN; bit-exact, max rounds nothing
+//   max_pool2d(..., scale, bias[, slope]) the max-pool of affine_prelu(x) on the pooled grid only: bit for bit the two
+//                                         passes (see pooled_epilogue), reading x once and writing 1/(sh*sw) of it
 //
 // The loops run along channels and are vectorised by the compiler; the AVX2+FMA build is used where the CPU has it
 // and the caller did not force the scalar path (std::fma is a single rounding either way).
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -107,40 +110,115 @@ struct PoolArgs {
   const float* x;
   float* out;
   int64_t H, W, C, OH, OW, kh, kw, sh, sw, ph, pw;
+  const float* scale;  // nullptr: the plain max-pool; else the pool of affine_prelu(x) (bias, slope as there)
+  const float* bias;
+  const float* slope;
 };
 
-// Output rows (n, oh) r0..r1; per output pixel the window's valid taps, channels innermost.
+inline float affine_prelu_one(float v, float scale, float bias, const float* slope, int64_t c) {
+  v = std::fma(v, scale, bias);
+  return slope == nullptr || v > 0.0f ? v : slope[c] * v;
+}
+
+// The pooled epilogue: max over a window of h(v) = prelu(fma(v, scale, bias)) from the window's max and min alone.
+// Rounding is monotone, so v -> fma(v, s, b) is non-decreasing (s >= 0) or non-increasing (s < 0), and PReLU is
+// non-decreasing (slope >= 0) or falls then rises (slope < 0); h is therefore monotone or falls then rises, and over
+// a finite set such a function peaks at the set's smallest or largest element: max h = max(h(min v), h(max v)),
+// exactly the value the two passes pick. A NaN tap makes the window's max NaN (as the plain pool) and so the output;
+// h of an infinite max or min is NaN under a zero scale (inf * 0), and a NaN from either side is the output.
+inline __attribute__((always_inline)) float pooled_epilogue(const PoolArgs& a, float mx, float mn, int64_t c) {
+  const float hi = affine_prelu_one(mx, a.scale[c], a.bias[c], a.slope, c);
+  const float lo = affine_prelu_one(mn, a.scale[c], a.bias[c], a.slope, c);
+  return (lo > hi || lo != lo) ? lo : hi;
+}
+
+// Output rows (n, oh) r0..r1; per output pixel the window's valid taps, channels innermost. The plain pool keeps its
+// running max in the output row; the pooled epilogue keeps max and min aside and writes h of them.
 inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int64_t r0, int64_t r1) {
-  const float lowest = -std::numeric_limits<float>::infinity();
+  const float inf = std::numeric_limits<float>::infinity();
+  const bool epilogue = a.scale != nullptr;
+  std::vector<float> lows(epilogue ? a.C : 0), highs(epilogue ? a.C : 0);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / a.OH, oh = r % a.OH;
     const int64_t ih0 = std::max<int64_t>(oh * a.sh - a.ph, 0), ih1 = std::min(oh * a.sh - a.ph + a.kh, a.H);
     for (int64_t ow = 0; ow < a.OW; ++ow) {
       const int64_t iw0 = std::max<int64_t>(ow * a.sw - a.pw, 0), iw1 = std::min(ow * a.sw - a.pw + a.kw, a.W);
       float* dst = a.out + (r * a.OW + ow) * a.C;
-      for (int64_t c = 0; c < a.C; ++c) dst[c] = lowest;
+      float* mx = epilogue ? highs.data() : dst;
+      float* mn = lows.data();
+      for (int64_t c = 0; c < a.C; ++c) mx[c] = -inf;
+      if (epilogue) std::fill(lows.begin(), lows.end(), inf);
       for (int64_t ih = ih0; ih < ih1; ++ih)
         for (int64_t iw = iw0; iw < iw1; ++iw) {
           const float* src = a.x + ((n * a.H + ih) * a.W + iw) * a.C;
           for (int64_t c = 0; c < a.C; ++c) {
             const float v = src[c];
-            dst[c] = (v > dst[c] || v != v) ? v : dst[c];
+            mx[c] = (v > mx[c] || v != v) ? v : mx[c];
           }
+          if (epilogue)
+            for (int64_t c = 0; c < a.C; ++c) mn[c] = src[c] < mn[c] ? src[c] : mn[c];
         }
+      if (epilogue)
+        for (int64_t c = 0; c < a.C; ++c) dst[c] = pooled_epilogue(a, mx[c], mn[c], c);
     }
   }
 }
 
+// Explicit vectors for the pooled epilogue (GCC does not vectorise std::fma): 8 channels at a time, the rest scalar.
 __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, int64_t r0, int64_t r1) {
-  max_pool_rows(a, r0, r1);
+  if (a.scale == nullptr || a.C < 8) return max_pool_rows(a, r0, r1);
+  const float big = std::numeric_limits<float>::infinity();
+  const __m256 inf = _mm256_set1_ps(big), ninf = _mm256_set1_ps(-big), zero = _mm256_setzero_ps();
+  const int64_t C8 = a.C / 8 * 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / a.OH, oh = r % a.OH;
+    const int64_t ih0 = std::max<int64_t>(oh * a.sh - a.ph, 0), ih1 = std::min(oh * a.sh - a.ph + a.kh, a.H);
+    for (int64_t ow = 0; ow < a.OW; ++ow) {
+      const int64_t iw0 = std::max<int64_t>(ow * a.sw - a.pw, 0), iw1 = std::min(ow * a.sw - a.pw + a.kw, a.W);
+      float* dst = a.out + (r * a.OW + ow) * a.C;
+      for (int64_t c = 0; c < C8; c += 8) {
+        __m256 mx = ninf, mn = inf;
+        for (int64_t ih = ih0; ih < ih1; ++ih)
+          for (int64_t iw = iw0; iw < iw1; ++iw) {
+            const __m256 v = _mm256_loadu_ps(a.x + ((n * a.H + ih) * a.W + iw) * a.C + c);
+            // max_ps returns its second operand when either is NaN: a NaN max stays, a NaN tap is blended in.
+            mx = _mm256_blendv_ps(_mm256_max_ps(v, mx), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            mn = _mm256_min_ps(v, mn);
+          }
+        const __m256 sc = _mm256_loadu_ps(a.scale + c), bi = _mm256_loadu_ps(a.bias + c);
+        __m256 hi = _mm256_fmadd_ps(mx, sc, bi), lo = _mm256_fmadd_ps(mn, sc, bi);
+        if (a.slope != nullptr) {
+          const __m256 sl = _mm256_loadu_ps(a.slope + c);
+          hi = _mm256_blendv_ps(_mm256_mul_ps(hi, sl), hi, _mm256_cmp_ps(hi, zero, _CMP_GT_OQ));
+          lo = _mm256_blendv_ps(_mm256_mul_ps(lo, sl), lo, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
+        }
+        const __m256 take_lo = _mm256_or_ps(_mm256_cmp_ps(lo, hi, _CMP_GT_OQ), _mm256_cmp_ps(lo, lo, _CMP_UNORD_Q));
+        _mm256_storeu_ps(dst + c, _mm256_blendv_ps(hi, lo, take_lo));
+      }
+      for (int64_t c = C8; c < a.C; ++c) {
+        float mx = -big, mn = big;
+        for (int64_t ih = ih0; ih < ih1; ++ih)
+          for (int64_t iw = iw0; iw < iw1; ++iw) {
+            const float v = a.x[((n * a.H + ih) * a.W + iw) * a.C + c];
+            mx = (v > mx || v != v) ? v : mx;
+            mn = v < mn ? v : mn;
+          }
+        dst[c] = pooled_epilogue(a, mx, mn, c);
+      }
+    }
+  }
 }
 
 torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                         int64_t pw, int64_t isa, std::optional<torch::Tensor> out_arg) {
+                         int64_t pw, int64_t isa, std::optional<torch::Tensor> out_arg,
+                         const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
+                         const std::optional<torch::Tensor>& slope) {
   check_nhwc_float(x);
   TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
               "zoo channels_last op: max_pool2d needs kernel, stride >= 1 and 0 <= padding <= kernel / 2, got kernel ",
               kh, "x", kw, " stride ", sh, "x", sw, " padding ", ph, "x", pw);
+  TORCH_CHECK(scale.has_value() == bias.has_value() && (scale.has_value() || !slope.has_value()),
+              "zoo channels_last op: max_pool2d's epilogue needs both scale and bias (a slope only with them)");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(H + 2 * ph >= kh && W + 2 * pw >= kw, "zoo channels_last op: input ", H, "x", W,
               " is smaller than the pooling window");
@@ -155,7 +233,12 @@ torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t
     out = torch::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   }
   if (out.numel() == 0) return out;
-  const PoolArgs a{x.data_ptr<float>(), out.data_ptr<float>(), H, W, C, OH, OW, kh, kw, sh, sw, ph, pw};
+  const torch::Tensor s = scale ? channel_vector(*scale, C, "scale") : torch::Tensor();
+  const torch::Tensor b = bias ? channel_vector(*bias, C, "bias") : torch::Tensor();
+  const torch::Tensor sl = slope ? channel_vector(*slope, C, "prelu_weight") : torch::Tensor();
+  const auto ptr = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
+  const PoolArgs a{x.data_ptr<float>(), out.data_ptr<float>(), H, W, C, OH, OW, kh, kw, sh, sw, ph, pw,
+                   ptr(s), ptr(b), ptr(sl)};
   const bool avx2 = use_avx2(isa);
   at::parallel_for(0, N * OH, std::max<int64_t>(1, 4096 / std::max<int64_t>(OW * C, 1)), [&](int64_t r0, int64_t r1) {
     avx2 ? max_pool_rows_avx2(a, r0, r1) : max_pool_rows(a, r0, r1);
@@ -171,5 +254,6 @@ void register_channels_last_ops(pybind11::module_& m) {
   m.def("affine_prelu", &affine_prelu, "x"_a, "scale"_a, "bias"_a, "prelu_weight"_a, "isa"_a, "inplace"_a = false,
         nogil);
   m.def("max_pool2d", &max_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a,
-        "out"_a = std::nullopt, nogil);
+        "out"_a = std::nullopt, "scale"_a = std::nullopt, "bias"_a = std::nullopt, "prelu_weight"_a = std::nullopt,
+        nogil);
 }
