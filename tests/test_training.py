@@ -126,6 +126,18 @@ def test_a_bf16_mixed_precision_run_trains_and_keeps_float32_weights(tmp_path, a
     assert 0.0 < result["history"][-1]["train_loss"] < 10.0  # finite: one epoch on 512 images is no accuracy check
 
 
+def test_bf16_on_a_cpu_without_native_bfloat16_is_flagged(monkeypatch) -> None:
+    from training.trainer import emulates_bf16
+
+    bf16, fp32 = (Recipe.from_dict(tiny_recipe(epochs=1, mixed_precision=p)) for p in ("bf16", "fp32"))
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert emulates_bf16(bf16, cpu) is not native
+        assert not emulates_bf16(fp32, cpu) and not emulates_bf16(bf16, gpu)
+
+
 def test_an_unknown_mixed_precision_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"train.mixed_precision must be one of \['bf16', 'fp32'\]"):
         Recipe.from_dict(tiny_recipe(epochs=1, mixed_precision="fp16"))
