@@ -154,10 +154,17 @@ def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
         packed = pack_weights(w)  # once, as at load time (outside inference mode, so its blocked copy is cached)
         for batch in batches:
             x = torch.randn(batch, c, hw, hw)
-            with torch.inference_mode():
-                fp32 = median_ms(lambda x=x, w=w: F.conv2d(x, w, None, 1, 1), repeats)
-                binary = median_ms(lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1), repeats)
-            rows.append(_row("conv3x3 (packing included)", name, batch, binary, "F.conv2d fp32", fp32))
+            with torch.inference_mode():  # in turns: a VM whose speed drifts slows both alike
+                times = interleaved_median_ms(
+                    {
+                        "fp32": lambda x=x, w=w: F.conv2d(x, w, None, 1, 1),
+                        "binary": lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1),
+                    },
+                    repeats,
+                )
+            rows.append(
+                _row("conv3x3 (packing included)", name, batch, times["binary"], "F.conv2d fp32", times["fp32"])
+            )
     return rows
 
 
@@ -332,9 +339,10 @@ def bench_kernels(
         else f"{active_isa_cap()}: the zoo's kernels, oneDNN, ATen and FBGEMM held to it ("
         + ", ".join(f"{k}={v}" for k, v in AVX2_CAPS.items())
         + ")",
-        "timing": "medians. Layer rows: repeated calls of one op. End-to-end rows: candidates in turns of 3 calls "
-        "each; ms = the 2nd and 3rd calls (the model's data in the caches), first_call_ms = a turn's 1st call (after "
-        "the other candidates evicted them); the peers (int8, ONNX Runtime, Larq Compute Engine) in the same turns",
+        "timing": "medians. Layer rows: the binary conv and fp32 conv2d called in turns. End-to-end rows: candidates "
+        "in turns of 3 calls each; ms = the 2nd and 3rd calls (the model's data in the caches), first_call_ms = a "
+        "turn's 1st call (after the other candidates evicted them); the peers (int8, ONNX Runtime, Larq Compute "
+        "Engine) in the same turns",
         "rows": rows,
         "checkpoint_size": _checkpoint_sizes(),
     }
