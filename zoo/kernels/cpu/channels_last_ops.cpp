@@ -132,25 +132,35 @@ inline __attribute__((always_inline)) float pooled_epilogue(const PoolArgs& a, f
   return (lo > hi || lo != lo) ? lo : hi;
 }
 
+// The valid taps [ih0, ih1) x [iw0, iw1) of output pixel (row r = n * OH + oh, ow), x: sample n's input.
+struct Window {
+  const float* x;
+  int64_t ih0, ih1, iw0, iw1;
+};
+
+inline Window window_at(const PoolArgs& a, int64_t r, int64_t ow) {
+  const int64_t n = r / a.OH, oh = r % a.OH, ih = oh * a.sh - a.ph, iw = ow * a.sw - a.pw;
+  return {a.x + n * a.H * a.W * a.C, std::max<int64_t>(ih, 0), std::min(ih + a.kh, a.H), std::max<int64_t>(iw, 0),
+          std::min(iw + a.kw, a.W)};
+}
+
 // Output rows (n, oh) r0..r1; per output pixel the window's valid taps, channels innermost. The plain pool keeps its
 // running max in the output row; the pooled epilogue keeps max and min aside and writes h of them.
 inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int64_t r0, int64_t r1) {
   const float inf = std::numeric_limits<float>::infinity();
   const bool epilogue = a.scale != nullptr;
   std::vector<float> lows(epilogue ? a.C : 0), highs(epilogue ? a.C : 0);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / a.OH, oh = r % a.OH;
-    const int64_t ih0 = std::max<int64_t>(oh * a.sh - a.ph, 0), ih1 = std::min(oh * a.sh - a.ph + a.kh, a.H);
+  for (int64_t r = r0; r < r1; ++r)
     for (int64_t ow = 0; ow < a.OW; ++ow) {
-      const int64_t iw0 = std::max<int64_t>(ow * a.sw - a.pw, 0), iw1 = std::min(ow * a.sw - a.pw + a.kw, a.W);
+      const Window w = window_at(a, r, ow);
       float* dst = a.out + (r * a.OW + ow) * a.C;
       float* mx = epilogue ? highs.data() : dst;
       float* mn = lows.data();
       for (int64_t c = 0; c < a.C; ++c) mx[c] = -inf;
       if (epilogue) std::fill(lows.begin(), lows.end(), inf);
-      for (int64_t ih = ih0; ih < ih1; ++ih)
-        for (int64_t iw = iw0; iw < iw1; ++iw) {
-          const float* src = a.x + ((n * a.H + ih) * a.W + iw) * a.C;
+      for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
+        for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
+          const float* src = w.x + (ih * a.W + iw) * a.C;
           for (int64_t c = 0; c < a.C; ++c) {
             const float v = src[c];
             mx[c] = (v > mx[c] || v != v) ? v : mx[c];
@@ -161,7 +171,6 @@ inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int6
       if (epilogue)
         for (int64_t c = 0; c < a.C; ++c) dst[c] = pooled_epilogue(a, mx[c], mn[c], c);
     }
-  }
 }
 
 // Explicit vectors for the pooled epilogue (GCC does not vectorise std::fma): 8 channels at a time, the rest scalar.
@@ -170,17 +179,15 @@ __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, i
   const float big = std::numeric_limits<float>::infinity();
   const __m256 inf = _mm256_set1_ps(big), ninf = _mm256_set1_ps(-big), zero = _mm256_setzero_ps();
   const int64_t C8 = a.C / 8 * 8;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / a.OH, oh = r % a.OH;
-    const int64_t ih0 = std::max<int64_t>(oh * a.sh - a.ph, 0), ih1 = std::min(oh * a.sh - a.ph + a.kh, a.H);
+  for (int64_t r = r0; r < r1; ++r)
     for (int64_t ow = 0; ow < a.OW; ++ow) {
-      const int64_t iw0 = std::max<int64_t>(ow * a.sw - a.pw, 0), iw1 = std::min(ow * a.sw - a.pw + a.kw, a.W);
+      const Window w = window_at(a, r, ow);
       float* dst = a.out + (r * a.OW + ow) * a.C;
       for (int64_t c = 0; c < C8; c += 8) {
         __m256 mx = ninf, mn = inf;
-        for (int64_t ih = ih0; ih < ih1; ++ih)
-          for (int64_t iw = iw0; iw < iw1; ++iw) {
-            const __m256 v = _mm256_loadu_ps(a.x + ((n * a.H + ih) * a.W + iw) * a.C + c);
+        for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
+          for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
+            const __m256 v = _mm256_loadu_ps(w.x + (ih * a.W + iw) * a.C + c);
             // max_ps returns its second operand when either is NaN: a NaN max stays, a NaN tap is blended in.
             mx = _mm256_blendv_ps(_mm256_max_ps(v, mx), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             mn = _mm256_min_ps(v, mn);
@@ -197,16 +204,15 @@ __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, i
       }
       for (int64_t c = C8; c < a.C; ++c) {
         float mx = -big, mn = big;
-        for (int64_t ih = ih0; ih < ih1; ++ih)
-          for (int64_t iw = iw0; iw < iw1; ++iw) {
-            const float v = a.x[((n * a.H + ih) * a.W + iw) * a.C + c];
+        for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
+          for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
+            const float v = w.x[(ih * a.W + iw) * a.C + c];
             mx = (v > mx || v != v) ? v : mx;
             mn = v < mn ? v : mn;
           }
         dst[c] = pooled_epilogue(a, mx, mn, c);
       }
     }
-  }
 }
 
 torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
