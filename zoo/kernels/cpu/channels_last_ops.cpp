@@ -53,38 +53,38 @@ struct AffineArgs {
   int64_t C;
 };
 
+// Channel c of one element: fma(v, scale[c], bias[c]), then PReLU with slope[c] unless slope is nullptr.
+inline float affine_prelu_one(float v, const float* scale, const float* bias, const float* slope, int64_t c) {
+  v = std::fma(v, scale[c], bias[c]);
+  return slope == nullptr || v > 0.0f ? v : slope[c] * v;
+}
+
+// The same for channels c..c+7 (FMA: one rounding, as std::fma).
+__attribute__((target("avx2,fma"))) inline __m256 affine_prelu8(__m256 v, const float* scale, const float* bias,
+                                                                const float* slope, int64_t c) {
+  v = _mm256_fmadd_ps(v, _mm256_loadu_ps(scale + c), _mm256_loadu_ps(bias + c));
+  if (slope == nullptr) return v;
+  const __m256 scaled = _mm256_mul_ps(v, _mm256_loadu_ps(slope + c));
+  return _mm256_blendv_ps(scaled, v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+}
+
 inline __attribute__((always_inline)) void affine_prelu_rows(const AffineArgs& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* src = a.x + r * a.C;
     float* dst = a.out + r * a.C;
-    if (a.slope == nullptr) {
-      for (int64_t c = 0; c < a.C; ++c) dst[c] = std::fma(src[c], a.scale[c], a.bias[c]);
-    } else {
-      for (int64_t c = 0; c < a.C; ++c) {
-        const float v = std::fma(src[c], a.scale[c], a.bias[c]);
-        dst[c] = v > 0.0f ? v : a.slope[c] * v;
-      }
-    }
+    for (int64_t c = 0; c < a.C; ++c) dst[c] = affine_prelu_one(src[c], a.scale, a.bias, a.slope, c);
   }
 }
 
 // Explicit vectors: GCC does not vectorise std::fma, and the scalar loop calls libm's fmaf per element.
 __attribute__((target("avx2,fma"))) void affine_prelu_rows_avx2(const AffineArgs& a, int64_t r0, int64_t r1) {
-  const __m256 zero = _mm256_setzero_ps();
   for (int64_t r = r0; r < r1; ++r) {
     const float* src = a.x + r * a.C;
     float* dst = a.out + r * a.C;
     int64_t c = 0;
-    for (; c + 8 <= a.C; c += 8) {
-      __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(src + c), _mm256_loadu_ps(a.scale + c), _mm256_loadu_ps(a.bias + c));
-      if (a.slope != nullptr)
-        v = _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_loadu_ps(a.slope + c)), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
-      _mm256_storeu_ps(dst + c, v);
-    }
-    for (; c < a.C; ++c) {
-      const float v = std::fma(src[c], a.scale[c], a.bias[c]);
-      dst[c] = a.slope == nullptr || v > 0.0f ? v : a.slope[c] * v;
-    }
+    for (; c + 8 <= a.C; c += 8)
+      _mm256_storeu_ps(dst + c, affine_prelu8(_mm256_loadu_ps(src + c), a.scale, a.bias, a.slope, c));
+    for (; c < a.C; ++c) dst[c] = affine_prelu_one(src[c], a.scale, a.bias, a.slope, c);
   }
 }
 
@@ -115,11 +115,6 @@ struct PoolArgs {
   const float* slope;
 };
 
-inline float affine_prelu_one(float v, float scale, float bias, const float* slope, int64_t c) {
-  v = std::fma(v, scale, bias);
-  return slope == nullptr || v > 0.0f ? v : slope[c] * v;
-}
-
 // The pooled epilogue: max over a window of h(v) = prelu(fma(v, scale, bias)) from the window's max and min alone.
 // Rounding is monotone, so v -> fma(v, s, b) is non-decreasing (s >= 0) or non-increasing (s < 0), and PReLU is
 // non-decreasing (slope >= 0) or falls then rises (slope < 0); h is therefore monotone or falls then rises, and over
@@ -127,8 +122,8 @@ inline float affine_prelu_one(float v, float scale, float bias, const float* slo
 // exactly the value the two passes pick. A NaN tap makes the window's max NaN (as the plain pool) and so the output;
 // h of an infinite max or min is NaN under a zero scale (inf * 0), and a NaN from either side is the output.
 inline __attribute__((always_inline)) float pooled_epilogue(const PoolArgs& a, float mx, float mn, int64_t c) {
-  const float hi = affine_prelu_one(mx, a.scale[c], a.bias[c], a.slope, c);
-  const float lo = affine_prelu_one(mn, a.scale[c], a.bias[c], a.slope, c);
+  const float hi = affine_prelu_one(mx, a.scale, a.bias, a.slope, c);
+  const float lo = affine_prelu_one(mn, a.scale, a.bias, a.slope, c);
   return (lo > hi || lo != lo) ? lo : hi;
 }
 
@@ -177,7 +172,7 @@ inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int6
 __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, int64_t r0, int64_t r1) {
   if (a.scale == nullptr || a.C < 8) return max_pool_rows(a, r0, r1);
   const float big = std::numeric_limits<float>::infinity();
-  const __m256 inf = _mm256_set1_ps(big), ninf = _mm256_set1_ps(-big), zero = _mm256_setzero_ps();
+  const __m256 inf = _mm256_set1_ps(big), ninf = _mm256_set1_ps(-big);
   const int64_t C8 = a.C / 8 * 8;
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t ow = 0; ow < a.OW; ++ow) {
@@ -192,13 +187,8 @@ __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, i
             mx = _mm256_blendv_ps(_mm256_max_ps(v, mx), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             mn = _mm256_min_ps(v, mn);
           }
-        const __m256 sc = _mm256_loadu_ps(a.scale + c), bi = _mm256_loadu_ps(a.bias + c);
-        __m256 hi = _mm256_fmadd_ps(mx, sc, bi), lo = _mm256_fmadd_ps(mn, sc, bi);
-        if (a.slope != nullptr) {
-          const __m256 sl = _mm256_loadu_ps(a.slope + c);
-          hi = _mm256_blendv_ps(_mm256_mul_ps(hi, sl), hi, _mm256_cmp_ps(hi, zero, _CMP_GT_OQ));
-          lo = _mm256_blendv_ps(_mm256_mul_ps(lo, sl), lo, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
-        }
+        const __m256 hi = affine_prelu8(mx, a.scale, a.bias, a.slope, c);
+        const __m256 lo = affine_prelu8(mn, a.scale, a.bias, a.slope, c);
         const __m256 take_lo = _mm256_or_ps(_mm256_cmp_ps(lo, hi, _CMP_GT_OQ), _mm256_cmp_ps(lo, lo, _CMP_UNORD_Q));
         _mm256_storeu_ps(dst + c, _mm256_blendv_ps(hi, lo, take_lo));
       }
