@@ -15,17 +15,23 @@ import torch.nn.functional as F
 from zoo.kernels.binary import _ISA_CODES, _apply_epilogue, _select
 
 
-def _kernel_for(x: torch.Tensor):
-    """(extension, ISA code) when the C++ op takes ``x``, else (None, 0)."""
+def _kernel_for(x: torch.Tensor, blocked: bool = False):
+    """(extension, ISA code) when the C++ op takes ``x``, else (None, 0). ``blocked``: ``x`` is channel-blocked
+    (:func:`unblock`), which the C++ max-pool reads where its blocks are a multiple of 8 channels."""
     ext, code = _select()
-    takes = (
-        ext is not None
-        and x.device.type == "cpu"
-        and x.dtype is torch.float32
-        and x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-    )
+    if blocked:
+        laid_out = x.dim() == 5 and x.is_contiguous() and x.shape[4] % 8 == 0
+    else:
+        laid_out = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    takes = ext is not None and x.device.type == "cpu" and x.dtype is torch.float32 and laid_out
     return (ext, code) if takes else (None, 0)
+
+
+def unblock(x: torch.Tensor) -> torch.Tensor:
+    """A channel-blocked ``(N, C/B, H, W, B)`` tensor (:func:`zoo.kernels.blocked_conv.blocked_conv2d`) as the
+    channels_last ``(N, C, H, W)`` tensor it stands for (a copy)."""
+    n, blocks, h, w, block = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(n, h, w, blocks * block).permute(0, 3, 1, 2)
 
 
 def affine_prelu(
@@ -47,10 +53,10 @@ def affine_prelu(
     return _apply_epilogue(x, scale, bias, None, prelu_weight, None)
 
 
-def _affine_kernel_for(x: torch.Tensor):
+def _affine_kernel_for(x: torch.Tensor, blocked: bool = False):
     """(extension, ISA code) when the C++ affine takes ``x`` (it needs FMA: std::fma is a libm call per element
     without it), else (None, 0)."""
-    ext, code = _kernel_for(x)
+    ext, code = _kernel_for(x, blocked)
     if ext is not None and code != _ISA_CODES["scalar"] and "avx2" in ext.available_isas():
         return ext, code
     return None, 0
@@ -85,8 +91,13 @@ def pooled_affine_prelu(
     """``max_pool2d(affine_prelu(x, scale, bias, prelu_weight), kernel_size, stride, padding, out)`` bit for bit, in
     one pass where the C++ ops run: each window's max and min of ``x`` decide it (the affine and PReLU are monotone or
     fall then rise, so their maximum over a window is at its smallest or largest input), and the affine and PReLU are
-    applied on the pooled grid only. ``x`` is read once and nothing of its size is written."""
-    ext, code = _affine_kernel_for(x)
+    applied on the pooled grid only. ``x`` is read once and nothing of its size is written.
+
+    ``x`` may also be channel-blocked, ``(N, C/B, H, W, B)`` contiguous with ``B`` a multiple of 8 (oneDNN's layout,
+    :func:`zoo.kernels.blocked_conv.blocked_conv2d`): the C++ op reads it as it lies, the result is channels_last."""
+    blocked = x.dim() == 5
+    ext, code = _affine_kernel_for(x, blocked)
     if ext is None:
+        x = unblock(x) if blocked else x
         return max_pool2d(affine_prelu(x, scale, bias, prelu_weight), kernel_size, stride, padding, out)
     return ext.max_pool2d(x, *kernel_size, *stride, *padding, code, out, scale, bias, prelu_weight)

@@ -8,12 +8,17 @@
 //                                         valid taps, a NaN tap makes the output NaN; bit-exact, max rounds nothing
 //   max_pool2d(..., scale, bias[, slope]) the max-pool of affine_prelu(x) on the pooled grid only: bit for bit the two
 //                                         passes (see pooled_epilogue), reading x once and writing 1/(sh*sw) of it
+//                                         x: channels_last, or channel-blocked (N, C/B, H, W, B) contiguous (oneDNN's
+//                                         nChw8c / nChw16c); out: channels_last either way
+//   onednn_buffer(t)                      a oneDNN (mkldnn layout) float tensor's buffer as a flat dense tensor that
+//                                         keeps t alive: its blocked layout, read as it lies
 //
 // The loops run along channels and are vectorised by the compiler; the AVX2+FMA build is used where the CPU has it
 // and the caller did not force the scalar path (std::fma is a single rounding either way).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -110,6 +115,7 @@ struct PoolArgs {
   const float* x;
   float* out;
   int64_t H, W, C, OH, OW, kh, kw, sh, sw, ph, pw;
+  int64_t block;  // channels stored together per pixel: C for channels_last, B for (N, C/B, H, W, B)
   const float* scale;  // nullptr: the plain max-pool; else the pool of affine_prelu(x) (bias, slope as there)
   const float* bias;
   const float* slope;
@@ -139,6 +145,11 @@ inline Window window_at(const PoolArgs& a, int64_t r, int64_t ow) {
           std::min(iw + a.kw, a.W)};
 }
 
+// Channel c at pixel (0, 0) of a sample's input; pixel (ih, iw) is (ih * W + iw) * block further.
+inline const float* channel_origin(const PoolArgs& a, const float* x, int64_t c) {
+  return x + c / a.block * a.H * a.W * a.block + c % a.block;
+}
+
 // Output rows (n, oh) r0..r1; per output pixel the window's valid taps, channels innermost. The plain pool keeps its
 // running max in the output row; the pooled epilogue keeps max and min aside and writes h of them.
 inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int64_t r0, int64_t r1) {
@@ -153,16 +164,19 @@ inline __attribute__((always_inline)) void max_pool_rows(const PoolArgs& a, int6
       float* mn = lows.data();
       for (int64_t c = 0; c < a.C; ++c) mx[c] = -inf;
       if (epilogue) std::fill(lows.begin(), lows.end(), inf);
-      for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
-        for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
-          const float* src = w.x + (ih * a.W + iw) * a.C;
-          for (int64_t c = 0; c < a.C; ++c) {
-            const float v = src[c];
-            mx[c] = (v > mx[c] || v != v) ? v : mx[c];
+      for (int64_t c0 = 0; c0 < a.C; c0 += a.block) {
+        const float* origin = channel_origin(a, w.x, c0);
+        for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
+          for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
+            const float* src = origin + (ih * a.W + iw) * a.block;
+            for (int64_t j = 0; j < a.block; ++j) {
+              const float v = src[j];
+              mx[c0 + j] = (v > mx[c0 + j] || v != v) ? v : mx[c0 + j];
+            }
+            if (epilogue)
+              for (int64_t j = 0; j < a.block; ++j) mn[c0 + j] = src[j] < mn[c0 + j] ? src[j] : mn[c0 + j];
           }
-          if (epilogue)
-            for (int64_t c = 0; c < a.C; ++c) mn[c] = src[c] < mn[c] ? src[c] : mn[c];
-        }
+      }
       if (epilogue)
         for (int64_t c = 0; c < a.C; ++c) dst[c] = pooled_epilogue(a, mx[c], mn[c], c);
     }
@@ -179,10 +193,11 @@ __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, i
       const Window w = window_at(a, r, ow);
       float* dst = a.out + (r * a.OW + ow) * a.C;
       for (int64_t c = 0; c < C8; c += 8) {
+        const float* origin = channel_origin(a, w.x, c);  // 8 channels of one block (block is C or a multiple of 8)
         __m256 mx = ninf, mn = inf;
         for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
           for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
-            const __m256 v = _mm256_loadu_ps(w.x + (ih * a.W + iw) * a.C + c);
+            const __m256 v = _mm256_loadu_ps(origin + (ih * a.W + iw) * a.block);
             // max_ps returns its second operand when either is NaN: a NaN max stays, a NaN tap is blended in.
             mx = _mm256_blendv_ps(_mm256_max_ps(v, mx), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             mn = _mm256_min_ps(v, mn);
@@ -193,10 +208,11 @@ __attribute__((target("avx2,fma"))) void max_pool_rows_avx2(const PoolArgs& a, i
         _mm256_storeu_ps(dst + c, _mm256_blendv_ps(hi, lo, take_lo));
       }
       for (int64_t c = C8; c < a.C; ++c) {
+        const float* origin = channel_origin(a, w.x, c);
         float mx = -big, mn = big;
         for (int64_t ih = w.ih0; ih < w.ih1; ++ih)
           for (int64_t iw = w.iw0; iw < w.iw1; ++iw) {
-            const float v = w.x[(ih * a.W + iw) * a.C + c];
+            const float v = origin[(ih * a.W + iw) * a.block];
             mx = (v > mx || v != v) ? v : mx;
             mn = v < mn ? v : mn;
           }
@@ -209,13 +225,21 @@ torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t
                          int64_t pw, int64_t isa, std::optional<torch::Tensor> out_arg,
                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& bias,
                          const std::optional<torch::Tensor>& slope) {
-  check_nhwc_float(x);
+  const bool blocked = x.dim() == 5;
+  if (blocked) {
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous() && x.size(4) % 8 == 0,
+                "zoo channels_last op: a channel-blocked max_pool2d input must be a contiguous float32 CPU (N, C/B, H, "
+                "W, B) tensor with B a multiple of 8, got ", x.scalar_type(), " ", x.sizes(), " on ", x.device());
+  } else {
+    check_nhwc_float(x);
+  }
   TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
               "zoo channels_last op: max_pool2d needs kernel, stride >= 1 and 0 <= padding <= kernel / 2, got kernel ",
               kh, "x", kw, " stride ", sh, "x", sw, " padding ", ph, "x", pw);
   TORCH_CHECK(scale.has_value() == bias.has_value() && (scale.has_value() || !slope.has_value()),
               "zoo channels_last op: max_pool2d's epilogue needs both scale and bias (a slope only with them)");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
+  const int64_t C = blocked ? x.size(1) * x.size(4) : x.size(1), block = blocked ? x.size(4) : C;
   TORCH_CHECK(H + 2 * ph >= kh && W + 2 * pw >= kw, "zoo channels_last op: input ", H, "x", W,
               " is smaller than the pooling window");
   const int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1;
@@ -233,13 +257,35 @@ torch::Tensor max_pool2d(const torch::Tensor& x, int64_t kh, int64_t kw, int64_t
   const torch::Tensor b = bias ? channel_vector(*bias, C, "bias") : torch::Tensor();
   const torch::Tensor sl = slope ? channel_vector(*slope, C, "prelu_weight") : torch::Tensor();
   const auto ptr = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
-  const PoolArgs a{x.data_ptr<float>(), out.data_ptr<float>(), H, W, C, OH, OW, kh, kw, sh, sw, ph, pw,
+  const PoolArgs a{x.data_ptr<float>(), out.data_ptr<float>(), H, W, C, OH, OW, kh, kw, sh, sw, ph, pw, block,
                    ptr(s), ptr(b), ptr(sl)};
   const bool avx2 = use_avx2(isa);
   at::parallel_for(0, N * OH, std::max<int64_t>(1, 4096 / std::max<int64_t>(OW * C, 1)), [&](int64_t r0, int64_t r1) {
     avx2 ? max_pool_rows_avx2(a, r0, r1) : max_pool_rows(a, r0, r1);
   });
   return out;
+}
+
+// at::native::data_ptr_from_mkldnn and nbytes_from_mkldnn: exported by libtorch_cpu builds with oneDNN, declared in
+// a header torch does not install; looked up at run time so that a torch without them still loads this extension.
+template <typename Result>
+Result call_mkldnn_accessor(const char* mangled_name, const torch::Tensor& t) {
+  using Accessor = Result (*)(const at::Tensor&);
+  const auto accessor = reinterpret_cast<Accessor>(dlsym(RTLD_DEFAULT, mangled_name));
+  TORCH_CHECK(accessor != nullptr, "zoo channels_last op: onednn_buffer: this torch does not export ", mangled_name);
+  return accessor(t);
+}
+
+torch::Tensor onednn_buffer(const torch::Tensor& t) {
+  TORCH_CHECK(t.is_mkldnn() && t.scalar_type() == torch::kFloat32,
+              "zoo channels_last op: onednn_buffer needs a float32 mkldnn-layout tensor, got ", t.scalar_type(), " ",
+              t.layout());
+  const auto nbytes = call_mkldnn_accessor<int64_t>("_ZN2at6native18nbytes_from_mkldnnERKNS_6TensorE", t);
+  // a padded layout (channels rounded up to the block) holds more than numel elements: not read as dense
+  TORCH_CHECK(nbytes == t.numel() * static_cast<int64_t>(sizeof(float)),
+              "zoo channels_last op: onednn_buffer: the oneDNN layout pads the tensor ", t.sizes());
+  void* data = call_mkldnn_accessor<void*>("_ZN2at6native20data_ptr_from_mkldnnERKNS_6TensorE", t);
+  return torch::from_blob(data, {t.numel()}, [t](void*) {}, t.options().layout(torch::kStrided));
 }
 
 }  // namespace
@@ -252,4 +298,5 @@ void register_channels_last_ops(pybind11::module_& m) {
   m.def("max_pool2d", &max_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "isa"_a,
         "out"_a = std::nullopt, "scale"_a = std::nullopt, "bias"_a = std::nullopt, "prelu_weight"_a = std::nullopt,
         nogil);
+  m.def("onednn_buffer", &onednn_buffer, "t"_a);
 }
