@@ -61,7 +61,9 @@ def _env() -> dict[str, str]:
 
 def _run(recipe: Path, run_dir: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "training.train", str(recipe), "--run-dir", str(run_dir)]
-    return subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
+    proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    return proc
 
 
 def _kill_when(recipe: Path, run_dir: Path, ready) -> None:
