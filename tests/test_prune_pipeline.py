@@ -167,7 +167,7 @@ def test_aip_killed_after_a_pruning_step_resumes_without_redoing_it(tmp_path: Pa
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(recipe, straight)
     step1 = killed / STAGE_DIR / "step1" / "final.safetensors"
-    _kill_when(recipe, killed, step1.exists)
+    _kill_when(recipe, killed, (step1.parent / "result.json").exists)  # written last: the step has finished
     stamp = step1.stat().st_mtime_ns
     _run(recipe, killed)
     assert step1.stat().st_mtime_ns == stamp, "the finished pruning step was redone"

@@ -371,3 +371,19 @@ def test_torchvision_parents_hold_torchvision_weights_in_the_zoo_family(monkeypa
         load_trained_model("torchvision:resnet18.IMAGENET1K_V9")
     with pytest.raises(ValueError, match="no 'vgg11_dense'"):
         load_trained_model("torchvision:vgg11")
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_its_weights_and_its_result_record_finishes_on_resume(mid_epoch_resume, tmp_path):
+    ref, _ = mid_epoch_resume
+    cut = tmp_path / "cut"
+    shutil.copytree(ref, cut)
+    (cut / "result.json").unlink()  # the kill landed after final.safetensors was written
+    with pytest.raises(FileNotFoundError, match="no finished run there"):
+        load_trained_model(f"run:{cut}")
+    fit(tiny_recipe(epochs=1, schedule="cosine"), cut)
+    assert json.loads((cut / "result.json").read_text())["metrics"] == json.loads((ref / "result.json").read_text())[
+        "metrics"
+    ]
+    assert_same_weights(cut / "final.safetensors", ref / "final.safetensors")
+    assert not list(cut.glob("*.tmp"))

@@ -27,10 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from training.prune import PLAN_FILE, STAGE_DIR, WEIGHTS_FILE
+from training.trainer import RESULT_FILE as RESULT
 from training.trainer import STATE_DIR, latest_state
 
 PARKED_DIR = Path(__file__).with_name("parked")
-RESULT = "result.json"
 CARRIED = (STATE_DIR, "metrics.jsonl", STAGE_DIR)
 FINISHED = ("final.safetensors", RESULT, "metrics.jsonl")
 #: A parked run is committed: keep it to small models (a ResNet-56 state is ~7 MB, a ResNet-20's ~2 MB).

@@ -23,7 +23,14 @@ from accelerate import Accelerator, PartialState
 from safetensors.torch import save_file
 
 from training.recipe import Recipe, section_from_dict
-from training.trainer import RUN_PREFIX, Trainer, create_recipe_model, load_trained_model, training_and_holdout
+from training.trainer import (
+    RUN_PREFIX,
+    Trainer,
+    create_recipe_model,
+    load_trained_model,
+    run_finished,
+    training_and_holdout,
+)
 from zoo.data import BatchAugment, BatchIterator, dataset_spec
 from zoo.data.augment import normalize
 from zoo.evaluate import accuracy, predict_logits
@@ -96,7 +103,7 @@ def load_parent(recipe: Recipe, stage: Path) -> torch.nn.Module:
 def train_parent_recipe(recipe_path: str, run_dir: Path) -> torch.nn.Module:
     """Train (or resume, or reuse) a parent recipe in ``run_dir`` and return the trained model."""
     parent_recipe = Recipe.load(recipe_path)
-    if not (run_dir / "final.safetensors").exists():
+    if not run_finished(run_dir):
         Trainer(parent_recipe, run_dir).fit()
     model = create_recipe_model(parent_recipe)
     model.load_state_dict(read_safetensors(run_dir / "final.safetensors"), strict=True)
@@ -209,7 +216,7 @@ def aip_stage(
         recovery.data.limit = settings.recover_images
         recovery.train.epochs = 1
         recovery.schedule.name, recovery.schedule.warmup_fraction = "constant", 0.0
-        if not (step_dir / "final.safetensors").exists():
+        if not run_finished(step_dir):
             Trainer(recovery, step_dir).fit()
         student = create_recipe_model(recovery)
         student.load_state_dict(read_safetensors(step_dir / "final.safetensors"), strict=True)

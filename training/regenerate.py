@@ -27,6 +27,7 @@ from training.park import PARKED_DIR, commit_parked, park, parked_while_training
 from training.recipe import Recipe
 from training.seeds import check_finished_under, recipe_run_dir, released_run, seed_recipes, with_seed
 from training.train import train_recipe
+from training.trainer import run_finished
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
@@ -81,7 +82,7 @@ def ensure_finished(
     finished here or in ``training/parked/``."""
     restore_parked(run_dir)  # a run another machine finished or left half-way
     recipe = recipe or recipe_for_run(run_dir)
-    if (run_dir / "result.json").exists():
+    if run_finished(run_dir):
         if recipe is not None:
             check_finished_under(recipe, run_dir)
         if parking.commit and not (PARKED_DIR / run_dir.name / "result.json").is_file():

@@ -35,6 +35,7 @@ from zoo.provenance import git_commit
 from zoo.prune.aip import AIPSettings
 
 STATE_DIR = "state"
+RESULT_FILE = "result.json"
 
 
 def set_training_progress(model: torch.nn.Module, progress: float) -> None:
@@ -148,6 +149,11 @@ def torchvision_trained_model(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether a training run finished: its ``result.json`` is written last, after ``final.safetensors``."""
+    return (run_dir / RESULT_FILE).is_file() and (run_dir / "final.safetensors").is_file()
+
+
 def load_trained_model(reference: str) -> torch.nn.Module:
     """A trained model, in eval mode: ``run:<run dir>`` (a finished training run), ``torchvision:<arch>[.<weights>]``
     (torchvision's ImageNet weights in the zoo's ``<arch>_dense``) or any ``zoo.from_pretrained`` id."""
@@ -156,7 +162,7 @@ def load_trained_model(reference: str) -> torch.nn.Module:
     if not reference.startswith(RUN_PREFIX):
         return zoo.from_pretrained(reference).eval()
     run_dir = Path(reference[len(RUN_PREFIX) :])
-    if not (run_dir / "result.json").is_file() or not (run_dir / "final.safetensors").is_file():
+    if not run_finished(run_dir):
         raise FileNotFoundError(
             f"{reference}: no finished run there (result.json and final.safetensors). Train it first: "
             "python -m training.train <its recipe> --run-dir " + str(run_dir)
@@ -409,5 +415,8 @@ class Trainer:
             tmp = self.run_dir / "final.safetensors.tmp"
             save_file(state, str(tmp), metadata={"format": "pt"})
             tmp.replace(self.run_dir / "final.safetensors")
-            (self.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            # Last and atomic: a run killed before this line resumes and finishes again, never half-done.
+            tmp = self.run_dir / "result.json.tmp"
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            tmp.replace(self.run_dir / RESULT_FILE)
         return result
