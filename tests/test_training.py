@@ -382,8 +382,9 @@ def test_a_run_killed_between_its_weights_and_its_result_record_finishes_on_resu
     with pytest.raises(FileNotFoundError, match="no finished run there"):
         load_trained_model(f"run:{cut}")
     fit(tiny_recipe(epochs=1, schedule="cosine"), cut)
-    assert json.loads((cut / "result.json").read_text())["metrics"] == json.loads((ref / "result.json").read_text())[
-        "metrics"
-    ]
+    assert (
+        json.loads((cut / "result.json").read_text())["metrics"]
+        == json.loads((ref / "result.json").read_text())["metrics"]
+    )
     assert_same_weights(cut / "final.safetensors", ref / "final.safetensors")
     assert not list(cut.glob("*.tmp"))
