@@ -1,7 +1,9 @@
-"""Shared pytest fixtures: a loopback Hugging Face Hub and a ``huggingface_hub`` client pointed at it."""
+"""Shared pytest fixtures (a loopback Hugging Face Hub and a ``huggingface_hub`` client pointed at it) and the
+one-thread-per-worker setting of a pytest-xdist run."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -9,9 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hubserver import LoopbackHub
 from huggingface_hub import constants, file_download, hf_api
 from huggingface_hub.utils import _cache_manager, _http
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``), one torch thread per worker and per subprocess it starts.
+
+    ``-n <cores>`` workers of one thread each keep every core busy without oversubscribing them (each worker would
+    otherwise start one thread per core, and so would every training subprocess it runs).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 #: Client timeouts (seconds) set by ``hf_env``; short, since the hub is on loopback.
 DEFAULT_CLIENT_TIMEOUT = 5

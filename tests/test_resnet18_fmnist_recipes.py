@@ -65,7 +65,7 @@ def test_teacher_step1_and_step2_recipes_take_one_step_each(method: str, tmp_pat
 @pytest.fixture
 def recorded_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, Path]]:
     """``training.regenerate`` in ``tmp_path`` with recipes of its own; training only records what it was asked to
-    train (id, seed, run folder) and leaves a result.json."""
+    train (id, seed, run folder) and leaves what a finished run has (final.safetensors, then result.json)."""
     from training import regenerate
 
     monkeypatch.chdir(tmp_path)
@@ -79,6 +79,7 @@ def recorded_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[t
     def fake_train(recipe: Recipe, run_dir: Path) -> dict:
         trained.append((recipe.id, recipe.train.seed, run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "final.safetensors").write_bytes(b"")
         (run_dir / "result.json").write_text(json.dumps({"recipe": recipe.to_dict()}))  # as the trainer records it
         return {}
 
