@@ -27,12 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from training.prune import PLAN_FILE, STAGE_DIR, WEIGHTS_FILE
-from training.trainer import RESULT_FILE as RESULT
-from training.trainer import STATE_DIR, latest_state
+from training.trainer import RESULT_FILE, STATE_DIR, latest_state
 
 PARKED_DIR = Path(__file__).with_name("parked")
 CARRIED = (STATE_DIR, "metrics.jsonl", STAGE_DIR)
-FINISHED = ("final.safetensors", RESULT, "metrics.jsonl")
+FINISHED = ("final.safetensors", RESULT_FILE, "metrics.jsonl")
 #: A parked run is committed: keep it to small models (a ResNet-56 state is ~7 MB, a ResNet-20's ~2 MB).
 MAX_PARKED_BYTES = 32 * 2**20
 #: A finished run's weights are committed once (re-parking it changes nothing), as the teacher or the initialisation
@@ -53,7 +52,7 @@ def _resume_needs(path: Path) -> list[Path]:
         return [path]
     if (path / PLAN_FILE).is_file():
         return [path / PLAN_FILE, path / WEIGHTS_FILE]
-    skipped = (STATE_DIR, "start.safetensors") if (path / RESULT).is_file() else ()
+    skipped = (STATE_DIR, "start.safetensors") if (path / RESULT_FILE).is_file() else ()
     return [f for child in sorted(path.iterdir()) if child.name not in skipped for f in _resume_needs(child)]
 
 
@@ -61,7 +60,7 @@ def park(run_dir: Path, parked_root: Path = PARKED_DIR, max_bytes: int | None = 
     """Copy ``run_dir``'s resumable files (or, finished, its weights and result) to ``parked_root/<run name>``,
     replaced whole, never half-written; refused over ``max_bytes`` (by default ``MAX_PARKED_BYTES`` for a resumable
     state, ``MAX_FINISHED_BYTES`` for a finished run)."""
-    finished = (run_dir / RESULT).is_file()
+    finished = (run_dir / RESULT_FILE).is_file()
     if max_bytes is None:
         max_bytes = MAX_FINISHED_BYTES if finished else MAX_PARKED_BYTES
     state = latest_state(run_dir)
@@ -96,9 +95,9 @@ def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
     """Copy a parked run into ``run_dir`` when ``run_dir`` has no state, result or prune cache of its own; True if
     it did."""
     parked = parked_root / run_dir.name
-    if latest_state(run_dir) is not None or (run_dir / RESULT).is_file() or (run_dir / STAGE_DIR).is_dir():
+    if latest_state(run_dir) is not None or (run_dir / RESULT_FILE).is_file() or (run_dir / STAGE_DIR).is_dir():
         return False
-    if not any((parked / name).exists() for name in (STATE_DIR, RESULT, STAGE_DIR)):
+    if not any((parked / name).exists() for name in (STATE_DIR, RESULT_FILE, STAGE_DIR)):
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(parked.iterdir()):
@@ -113,8 +112,8 @@ def restore_parked(run_dir: Path, parked_root: Path = PARKED_DIR) -> bool:
 
 def describe_parked(parked: Path) -> str:
     """A commit message for a parked run: its test and held-out top-1 when finished, else the epochs it has done."""
-    if (parked / RESULT).is_file():
-        result = json.loads((parked / RESULT).read_text())
+    if (parked / RESULT_FILE).is_file():
+        result = json.loads((parked / RESULT_FILE).read_text())
         held_out = result["history"][-1].get("val_top1") if result.get("history") else None
         return f"Park the finished {parked.name} run: test {result['metrics']['top1']}%, held-out {held_out}%"
     lines = (parked / "metrics.jsonl").read_text().splitlines() if (parked / "metrics.jsonl").is_file() else []

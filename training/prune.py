@@ -30,6 +30,7 @@ from training.trainer import (
     load_trained_model,
     run_finished,
     training_and_holdout,
+    write_json_atomically,
 )
 from zoo.data import BatchAugment, BatchIterator, dataset_spec
 from zoo.data.augment import normalize
@@ -53,12 +54,6 @@ WEIGHTS_FILE = "pruned.safetensors"
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-
-
-def _write_json(record: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -257,7 +252,7 @@ def run_stage(recipe: Recipe, stage: Path) -> dict[str, Any]:
         **record,
     }
     _save_weights(pruned, stage / WEIGHTS_FILE)
-    _write_json(record, stage / PLAN_FILE)  # last: its presence marks a finished stage
+    write_json_atomically(record, stage / PLAN_FILE)  # last: its presence marks a finished stage
     return record
 
 

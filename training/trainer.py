@@ -184,6 +184,13 @@ def param_checksum(model: torch.nn.Module) -> int:
     return crc
 
 
+def write_json_atomically(record: dict[str, Any], path: Path) -> None:
+    """Write ``record`` as JSON next to ``path``, then swap it in: a kill leaves the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def save_state_atomically(accelerator: Accelerator, run_dir: Path) -> None:
     """Save into a fresh folder, then swap it in: a kill at any moment leaves one complete state."""
     final, tmp, old = run_dir / STATE_DIR, run_dir / f"{STATE_DIR}.tmp", run_dir / f"{STATE_DIR}.old"
@@ -415,8 +422,6 @@ class Trainer:
             tmp = self.run_dir / "final.safetensors.tmp"
             save_file(state, str(tmp), metadata={"format": "pt"})
             tmp.replace(self.run_dir / "final.safetensors")
-            # Last and atomic: a run killed before this line resumes and finishes again, never half-done.
-            tmp = self.run_dir / "result.json.tmp"
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            tmp.replace(self.run_dir / RESULT_FILE)
+            # Last: a run killed before it resumes from its state and finishes again (see run_finished).
+            write_json_atomically(result, self.run_dir / RESULT_FILE)
         return result
