@@ -88,6 +88,17 @@ def test_resnet_stage_shapes(path):
         assert torch.equal(zk.binary_conv2d(x, zk.pack_weights(wt), o, c, 3, s, 1), _reference(x, wt, s, 1))
 
 
+@pytest.mark.parametrize("c", [64, 128, 320, 2112])
+def test_largest_popcounts_do_not_overflow_the_counters(path, c):
+    """Every product -1 (x all +1, w all -1): each XOR word is all ones, the largest count the kernel can meet. The
+    AVX2 path keeps byte counters that it flushes every 31 words: between taps at 1, 2 and 5 words a tap, within a tap
+    at 33 (2112 channels)."""
+    x, wt = torch.ones(2, c, 4, 5), -torch.ones(16, c, 3, 3)
+    y = zk.binary_conv2d(x, zk.pack_weights(wt), 16, c, 3, 1, 1)
+    assert torch.equal(y, _reference(x, wt, 1, 1))
+    assert y.min().item() == -9 * c
+
+
 def _ref_words(bits: torch.Tensor) -> torch.Tensor:
     """Independent packer: bool [..., C] -> int64 words via Python integers."""
     c = bits.shape[-1]
@@ -442,7 +453,8 @@ def test_asd_threshold_in_the_kernel_is_the_se_branch(path, c):
 
 
 def test_build_directory_follows_the_sources(monkeypatch, tmp_path):
-    """The build is keyed on the sources' content and flags: an edited kernel gets a fresh build directory."""
+    """The build is keyed on the sources' content, paths and flags: an edited kernel, or one checked out elsewhere,
+    gets a fresh build directory."""
     monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "kernel.cpp"
     source.write_text("int version = 1;")
@@ -453,7 +465,13 @@ def test_build_directory_follows_the_sources(monkeypatch, tmp_path):
     second = _build.build_dir()
     assert second != first
     monkeypatch.setattr(_build, "_CFLAGS", [*_build._CFLAGS, "-DZOO_TEST"])
-    assert _build.build_dir() not in (first, second)
+    third = _build.build_dir()
+    assert third not in (first, second)
+    moved = tmp_path / "elsewhere" / "kernel.cpp"  # the same bytes in another checkout: other build commands
+    moved.parent.mkdir()
+    moved.write_text(source.read_text())
+    monkeypatch.setattr(_build, "_SOURCES", [moved])
+    assert _build.build_dir() not in (first, second, third)
 
 
 def test_loaded_extension_comes_from_the_current_sources():

@@ -2,11 +2,11 @@
 
 The extension is compiled once per torch version, Python ABI and source version into
 ``$ZOO_KERNEL_CACHE/<torch version>/<python tag>/cpu-<hash of the sources and flags>`` (default cache
-``~/.cache/compressed-cnn-zoo/kernels``) and reused from there. The hash keys the build on the sources' content, not
-their timestamps: an edited kernel never loads a stale build, and checkouts of different versions sharing one cache do
-not rebuild over each other (or over a library another process has loaded). A file lock in the build directory
-serialises concurrent builds from several processes. One build runs on every x86-64 CPU: the AVX-512
-and AVX2 code is compiled per function (``__attribute__((target(...)))``) and picked at run time.
+``~/.cache/compressed-cnn-zoo/kernels``) and reused from there. The hash keys the build on the sources' content
+and paths, not their timestamps: an edited kernel never loads a stale build, and checkouts sharing one cache do not
+rebuild over each other (or over a library another process has loaded). A file lock in the build directory
+serialises concurrent builds from several processes. One build runs on every x86-64 CPU: the AVX-512 and AVX2 code
+is compiled per function (``__attribute__((target(...)))``) and picked at run time.
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ def cache_dir() -> Path:
 
 
 def source_key() -> str:
-    """A short hash of the kernel sources' bytes and the compiler flags (raises if a source is missing)."""
+    """A short hash of the kernel sources' paths and bytes and the compiler flags (raises if a source is missing).
+
+    The paths count because they are part of the build commands: two checkouts of one version at different places
+    would otherwise take turns rebuilding the same directory."""
     digest = hashlib.sha256()
     for source in _SOURCES:
+        digest.update(str(Path(source).resolve()).encode())
         digest.update(Path(source).read_bytes())
     digest.update(" ".join(_CFLAGS).encode())
     return digest.hexdigest()[:16]

@@ -588,7 +588,23 @@ void conv_tasks_scalar(const Geom& g, int64_t tb, int64_t te) {
 // word and are flushed into 64-bit lanes with PSADBW before they can overflow.
 
 constexpr int kAvx2MR = 4;
+constexpr int kAvx2FlushWords = 31;  // byte counters gain <= 8 per word: 31 words keep them <= 248
 
+// Byte counters -> 64-bit lanes (PSADBW against zero), then zeroed.
+ZOO_TARGET_AVX2 inline void flush_byte_counts(__m256i (&acc8)[kAvx2MR][2], __m256i (&acc)[kAvx2MR][2]) {
+  const __m256i zero = _mm256_setzero_si256();
+#pragma GCC unroll 4
+  for (int j = 0; j < kAvx2MR; ++j)
+    for (int v = 0; v < 2; ++v) {
+      acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
+      acc8[j][v] = zero;
+    }
+}
+
+// FixedCW > 0 fixes the words per tap at compile time (the common channel counts 64..512): the tap's word loop and
+// the flush schedule fold away, which matters most at CW = 1, where the loop control otherwise costs as much as the
+// popcounts. FixedCW = 0 reads CW at run time.
+template <int FixedCW>
 ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
   constexpr int MR = kAvx2MR;
   std::vector<const u64*> ptrs(MR * g.T);
@@ -598,7 +614,20 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
                                        3, 2, 3, 3, 4);
   const __m256i zero = _mm256_setzero_si256();
   const __m256 fzero = _mm256_setzero_ps(), lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
-  const int64_t T = g.T, CW = g.CW, NB = g.NB;
+  // The epilogue's operands as locals: the vector stores (may_alias types) would otherwise make the compiler reload
+  // every Geom field after each store.
+  const float* const scale = g.scale;
+  const float* const bias = g.bias;
+  const float* const residual = g.residual;
+  const float* const slope = g.slope;
+  float* const out = g.out;
+  const u64* const zero_run = g.zero;
+  const bool clamp = g.clamp;
+  const int64_t T = g.T, NB = g.NB, O = g.O, M = g.M, C = g.C;
+  const int64_t CW = FixedCW > 0 ? FixedCW : g.CW;
+  // Whole taps between two flushes, or (CW > kAvx2FlushWords) one tap whose words are flushed in runs.
+  const int64_t taps_per_flush = std::max<int64_t>(1, kAvx2FlushWords / CW);
+  const int64_t words_per_run = std::min<int64_t>(CW, kAvx2FlushWords);
   for (int64_t task = tb; task < te; ++task) {
     const int64_t og = task / g.nPB, pb = task % g.nPB;
     build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
@@ -608,59 +637,57 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
       const u64* wpop = wblk + g.R * NB;
       for (int64_t sb = 0; sb < NB; sb += 8) {
         const int64_t o0 = ob * NB + sb;
-        if (o0 >= g.O) break;
+        if (o0 >= O) break;
         __m256i acc8[MR][2];
         __m256i acc[MR][2];
 #pragma GCC unroll 4
         for (int j = 0; j < MR; ++j) acc8[j][0] = acc8[j][1] = acc[j][0] = acc[j][1] = zero;
-        int budget = 31;
-        for (int64_t t = 0; t < T; ++t) {
-          const u64* pr[MR];
+        for (int64_t t0 = 0; t0 < T; t0 += taps_per_flush) {
+          const int64_t t1 = std::min(T, t0 + taps_per_flush);
+          for (int64_t t = t0; t < t1; ++t) {
+            const u64* pr[MR];
 #pragma GCC unroll 4
-          for (int j = 0; j < MR; ++j) pr[j] = ptrs[j * T + t];
-          const u64* wt = wblk + 2 * t * CW * NB + sb;
-          for (int64_t cw = 0; cw < CW; ++cw) {
-            const u64* wl = wt + 2 * cw * NB;
-            const __m256i wl0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl));
-            const __m256i wl1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + 4));
-            const __m256i wh0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + NB));
-            const __m256i wh1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + NB + 4));
+            for (int j = 0; j < MR; ++j) pr[j] = ptrs[j * T + t];
+            const u64* wt = wblk + 2 * t * CW * NB + sb;
+            for (int64_t c0 = 0; c0 < CW; c0 += words_per_run) {
+              const int64_t c1 = std::min(CW, c0 + words_per_run);
+#pragma GCC unroll 8
+              for (int64_t cw = c0; cw < c1; ++cw) {
+                const u64* wl = wt + 2 * cw * NB;
+                const __m256i wl0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl));
+                const __m256i wl1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + 4));
+                const __m256i wh0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + NB));
+                const __m256i wh1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wl + NB + 4));
 #pragma GCC unroll 4
-            for (int j = 0; j < MR; ++j) {
-              const __m256i bl = _mm256_set1_epi64x(static_cast<long long>(pr[j][2 * cw]));
-              const __m256i bh = _mm256_set1_epi64x(static_cast<long long>(pr[j][2 * cw + 1]));
-              acc8[j][0] = _mm256_add_epi8(acc8[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bl, wl0)));
-              acc8[j][1] = _mm256_add_epi8(acc8[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bl, wl1)));
-              acc8[j][0] = _mm256_add_epi8(acc8[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bh, wh0)));
-              acc8[j][1] = _mm256_add_epi8(acc8[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bh, wh1)));
-            }
-            if (--budget == 0) {
-#pragma GCC unroll 4
-              for (int j = 0; j < MR; ++j)
-                for (int v = 0; v < 2; ++v) {
-                  acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
-                  acc8[j][v] = zero;
+                for (int j = 0; j < MR; ++j) {
+                  const __m256i bl = _mm256_set1_epi64x(static_cast<long long>(pr[j][2 * cw]));
+                  const __m256i bh = _mm256_set1_epi64x(static_cast<long long>(pr[j][2 * cw + 1]));
+                  acc8[j][0] = _mm256_add_epi8(acc8[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bl, wl0)));
+                  acc8[j][1] = _mm256_add_epi8(acc8[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bl, wl1)));
+                  acc8[j][0] = _mm256_add_epi8(acc8[j][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bh, wh0)));
+                  acc8[j][1] = _mm256_add_epi8(acc8[j][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(bh, wh1)));
                 }
-              budget = 31;
+              }
+              if (CW > kAvx2FlushWords) flush_byte_counts(acc8, acc);
             }
           }
+          if (CW <= kAvx2FlushWords) flush_byte_counts(acc8, acc);
         }
         // Epilogue: padding correction, out = C * valid_taps - 2 * popcount, exact int -> float32, then the steps
         // of the header comment as 8-lane vector ops (the same IEEE operations as the scalar and AVX-512 paths).
-        const int64_t lanes = std::min<int64_t>(8, g.O - o0);
+        const int64_t lanes = std::min<int64_t>(8, O - o0);
         const __m256i lane_mask = avx2_tail_mask(lanes);
-        const __m256 sc = g.scale == nullptr ? fzero : _mm256_maskload_ps(g.scale + o0, lane_mask);
-        const __m256 bi = g.scale == nullptr ? fzero : _mm256_maskload_ps(g.bias + o0, lane_mask);
-        const __m256 sl = g.slope == nullptr ? fzero : _mm256_maskload_ps(g.slope + o0, lane_mask);
+        const __m256 sc = scale == nullptr ? fzero : _mm256_maskload_ps(scale + o0, lane_mask);
+        const __m256 bi = scale == nullptr ? fzero : _mm256_maskload_ps(bias + o0, lane_mask);
+        const __m256 sl = slope == nullptr ? fzero : _mm256_maskload_ps(slope + o0, lane_mask);
 #pragma GCC unroll 4
         for (int j = 0; j < MR; ++j) {
           const int64_t p = pb * MR + j;
-          if (p >= g.M) break;
-          for (int v = 0; v < 2; ++v) acc[j][v] = _mm256_add_epi64(acc[j][v], _mm256_sad_epu8(acc8[j][v], zero));
+          if (p >= M) break;
           if (border[j]) {
             const u64* const* pj = ptrs.data() + j * T;
             for (int64_t t = 0; t < T; ++t)
-              if (pj[t] == g.zero)
+              if (pj[t] == zero_run)
                 for (int v = 0; v < 2; ++v)
                   acc[j][v] = _mm256_sub_epi64(
                       acc[j][v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wpop + t * NB + sb + 4 * v)));
@@ -671,13 +698,13 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
               _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(acc[j][0]), _mm256_castsi256_ps(acc[j][1]),
                                                     _MM_SHUFFLE(2, 0, 2, 0))),
               _MM_SHUFFLE(3, 1, 2, 0));
-          const __m256i full = _mm256_set1_epi32(static_cast<int>(g.C * nvalid[j]));
+          const __m256i full = _mm256_set1_epi32(static_cast<int>(C * nvalid[j]));
           __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(full, _mm256_slli_epi32(counts, 1)));
-          if (g.scale != nullptr) f = _mm256_fmadd_ps(f, sc, bi);
-          if (g.residual != nullptr) f = _mm256_add_ps(f, _mm256_maskload_ps(g.residual + p * g.O + o0, lane_mask));
-          if (g.slope != nullptr) f = _mm256_blendv_ps(_mm256_mul_ps(f, sl), f, _mm256_cmp_ps(f, fzero, _CMP_GT_OQ));
-          if (g.clamp) f = _mm256_min_ps(hi, _mm256_max_ps(lo, f));  // the second operand wins on NaN: NaN stays
-          float* op = g.out + p * g.O + o0;
+          if (scale != nullptr) f = _mm256_fmadd_ps(f, sc, bi);
+          if (residual != nullptr) f = _mm256_add_ps(f, _mm256_maskload_ps(residual + p * O + o0, lane_mask));
+          if (slope != nullptr) f = _mm256_blendv_ps(_mm256_mul_ps(f, sl), f, _mm256_cmp_ps(f, fzero, _CMP_GT_OQ));
+          if (clamp) f = _mm256_min_ps(hi, _mm256_max_ps(lo, f));  // the second operand wins on NaN: NaN stays
+          float* op = out + p * O + o0;
           if (lanes == 8)
             _mm256_storeu_ps(op, f);
           else
@@ -954,7 +981,17 @@ torch::Tensor conv_operand(const torch::Tensor& act, bool split_act, const torch
           break;
       }
     } else if (isa == kAvx2) {
-      conv_tasks_avx2(g, tb, te);
+      switch (CW) {
+        case 1:
+          conv_tasks_avx2<1>(g, tb, te);
+          break;
+        case 2:
+          conv_tasks_avx2<2>(g, tb, te);
+          break;
+        default:
+          conv_tasks_avx2<0>(g, tb, te);
+          break;
+      }
     } else {
       conv_tasks_scalar(g, tb, te);
     }
