@@ -16,13 +16,17 @@ from hubserver import LoopbackHub
 from huggingface_hub import constants, file_download, hf_api
 from huggingface_hub.utils import _cache_manager, _http
 
+from zoo.allocator import retain_freed_memory
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``-n N``), one torch thread per worker and per subprocess it starts.
+    """The CLI's allocator setting (``zoo.allocator``); under pytest-xdist (``-n N``), one torch thread per worker
+    and per subprocess it starts.
 
     ``-n <cores>`` workers of one thread each keep every core busy without oversubscribing them (each worker would
     otherwise start one thread per core, and so would every training subprocess it runs).
     """
+    retain_freed_memory()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)

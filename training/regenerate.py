@@ -28,6 +28,7 @@ from training.recipe import Recipe
 from training.seeds import check_finished_under, recipe_run_dir, released_run, seed_recipes, with_seed
 from training.train import train_recipe
 from training.trainer import run_finished
+from zoo.allocator import retain_freed_memory
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
@@ -110,6 +111,7 @@ def breadth_first_seeds(releases: list[Recipe]) -> list[Recipe]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("ids", nargs="*", help="checkpoint ids (default: all release recipes)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))

@@ -16,6 +16,7 @@ from training.prune import resolve_pruned_recipe
 from training.recipe import Recipe
 from training.seeds import recipe_run_dir
 from training.trainer import Trainer
+from zoo.allocator import retain_freed_memory
 
 
 def train_recipe(recipe: Recipe, run_dir: Path) -> dict:
@@ -32,6 +33,7 @@ def train_recipe(recipe: Recipe, run_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", type=Path)
     parser.add_argument("--run-dir", type=Path, help="default: runs/<recipe id> (runs/<id>-s<seed> with train.seeds)")

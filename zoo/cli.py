@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zoo.allocator import retain_freed_memory
 from zoo.errors import ZooError
 
 
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    retain_freed_memory()
     try:
         args.func(args)
     except ZooError as err:
