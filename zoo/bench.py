@@ -145,6 +145,17 @@ def _row(group: str, name: str, batch: int, ms: float, baseline: str, baseline_m
             "baseline_ms": round(baseline_ms, 4), "speedup": round(baseline_ms / ms, 2)}  # fmt: skip
 
 
+def _burst_row(
+    group: str, name: str, batch: int, ours: tuple[float, float], baseline: str, theirs: tuple[float, float]
+) -> dict[str, Any]:
+    """A row from two ``interleaved_burst_ms`` results: steady times as ``ms``, turns' first calls beside them."""
+    return _row(group, name, batch, ours[0], baseline, theirs[0]) | {
+        "first_call_ms": round(ours[1], 4),
+        "baseline_first_call_ms": round(theirs[1], 4),
+        "first_call_speedup": round(theirs[1] / ours[1], 2),
+    }
+
+
 def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
     from zoo.kernels import binary_conv2d, pack_weights
 
@@ -154,16 +165,18 @@ def _layer_rows(batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
         packed = pack_weights(w)  # once, as at load time (outside inference mode, so its blocked copy is cached)
         for batch in batches:
             x = torch.randn(batch, c, hw, hw)
-            with torch.inference_mode():  # in turns: a VM whose speed drifts slows both alike
-                times = interleaved_median_ms(
+            # In turns of bursts: a conv called right after the other has its operands evicted (the fp32 conv's
+            # weights alone fill L2), so one call each per round would time the binary conv cold and conv2d warm.
+            with torch.inference_mode():
+                times = interleaved_burst_ms(
                     {
                         "fp32": lambda x=x, w=w: F.conv2d(x, w, None, 1, 1),
                         "binary": lambda x=x, p=packed, c=c: binary_conv2d(x, p, c, c, 3, 1, 1),
                     },
-                    repeats,
+                    rounds=max(5, repeats // max(1, batch // 8)),
                 )
             rows.append(
-                _row("conv3x3 (packing included)", name, batch, times["binary"], "F.conv2d fp32", times["fp32"])
+                _burst_row("conv3x3 (packing included)", name, batch, times["binary"], "F.conv2d fp32", times["fp32"])
             )
     return rows
 
@@ -217,17 +230,12 @@ def _end_to_end_rows(
                         rounds=max(3, repeats // (4 * batch)),
                     )
                 for ours, baselines in compared.items():
-                    ours_ms, ours_first = times[ours]
                     for label in baselines:
                         if label in skipped:
                             rows.append({"group": where, "name": ours, "batch": batch, "baseline": label,
                                          "skipped": skipped[label]})  # fmt: skip
                             continue
-                        ms, first_ms = times[label]
-                        row = _row(where, ours, batch, ours_ms, label, ms)
-                        row |= {"first_call_ms": round(ours_first, 4), "baseline_first_call_ms": round(first_ms, 4),
-                                "first_call_speedup": round(first_ms / ours_first, 2)}  # fmt: skip
-                        rows.append(row)
+                        rows.append(_burst_row(where, ours, batch, times[ours], label, times[label]))
         finally:
             for peer in peers:
                 peer.close()
@@ -339,10 +347,10 @@ def bench_kernels(
         else f"{active_isa_cap()}: the zoo's kernels, oneDNN, ATen and FBGEMM held to it ("
         + ", ".join(f"{k}={v}" for k, v in AVX2_CAPS.items())
         + ")",
-        "timing": "medians. Layer rows: the binary conv and fp32 conv2d called in turns. End-to-end rows: candidates "
-        "in turns of 3 calls each; ms = the 2nd and 3rd calls (the model's data in the caches), first_call_ms = a "
-        "turn's 1st call (after the other candidates evicted them); the peers (int8, ONNX Runtime, Larq Compute "
-        "Engine) in the same turns",
+        "timing": "medians. Candidates in turns of 3 calls each (layer rows: the binary conv and fp32 conv2d; "
+        "end-to-end rows: the models, the peers (int8, ONNX Runtime, Larq Compute Engine) in the same turns); "
+        "ms = the 2nd and 3rd calls (the operands in the caches), first_call_ms = a turn's 1st call (after the other "
+        "candidates evicted them)",
         "rows": rows,
         "checkpoint_size": _checkpoint_sizes(),
     }
