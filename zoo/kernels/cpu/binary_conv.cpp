@@ -622,9 +622,9 @@ ZOO_TARGET_AVX2 inline void accumulate_word(__m256i (&acc8)[kAvx2MR][2], const u
 }
 
 // FixedCW = 1: one word per tap (up to 64 channels), flushed every kAvx2FlushWords taps, with no word loop and no
-// per-word flush counter; that made ResNet-18's stage-1 conv 1.1-2x faster on Zen 3 (old and new timed in turns; the
-// VM's drift moves the ratio). The same for CW = 2 or 4 measured 5-10% slower than the counter; FixedCW = 0 reads CW
-// at run time and flushes by the counter.
+// per-word flush counter; that made ResNet-18's stage-1 conv ~1.1x faster on Zen 3 (old and new timed in bursts, in
+// turns). The same for CW = 2 or 4 measured 5-10% slower than the counter; FixedCW = 0 reads CW at run time and
+// flushes by the counter.
 template <int FixedCW>
 ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
   constexpr int MR = kAvx2MR;
