@@ -989,14 +989,10 @@ torch::Tensor conv_operand(const torch::Tensor& act, bool split_act, const torch
           break;
       }
     } else if (isa == kAvx2) {
-      switch (CW) {
-        case 1:
-          conv_tasks_avx2<1>(g, tb, te);
-          break;
-        default:
-          conv_tasks_avx2<0>(g, tb, te);
-          break;
-      }
+      if (CW == 1)
+        conv_tasks_avx2<1>(g, tb, te);
+      else
+        conv_tasks_avx2<0>(g, tb, te);
     } else {
       conv_tasks_scalar(g, tb, te);
     }
