@@ -4,7 +4,7 @@ glibc serves allocations above its mmap threshold (at most 32 MiB, adjusted as t
 mapping, which the kernel fills with zeroed pages on first touch, and hands freed memory at the heap's top back to
 the kernel. A CPU forward pass over a large batch allocates and frees activations of that size in every layer, so
 it keeps paying page faults; under a hypervisor they are dear. Measured on a 2-core KVM guest (AMD EPYC Zen 3): the
-whole-test-split check of a released BNN (tests/test_inference.py) 42.5 s -> 29.3 s, its system time 15 s ->
+whole-test-split check of a released BNN (tests/test_inference.py) 42.5 s -> 29.4 s, its system time 15 s ->
 1.5 s; training steps (smaller tensors, reused by glibc already) unchanged.
 
 The price: the process keeps its peak heap instead of returning it between batches. ``ZOO_RETAIN_FREED_MEMORY=0``
@@ -14,6 +14,7 @@ keeps glibc's defaults.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -25,18 +26,11 @@ TOP_PAD = 1 << 28  # the heap grows in steps of 256 MiB
 _SETTINGS = ((_M_MMAP_THRESHOLD, HEAP_UP_TO), (_M_TRIM_THRESHOLD, TRIM_ABOVE), (_M_TOP_PAD, TOP_PAD))
 DISABLE_ENV = "ZOO_RETAIN_FREED_MEMORY"
 
-_applied: list[bool] = []
 
-
+@functools.cache
 def retain_freed_memory() -> bool:
     """Serve allocations up to ``HEAP_UP_TO`` from the heap and keep freed memory for reuse (see the module
     docstring). Returns True when applied: on Linux with glibc, unless ``ZOO_RETAIN_FREED_MEMORY=0``. Idempotent."""
-    if not _applied:
-        _applied.append(_set_glibc_malloc_options())
-    return _applied[0]
-
-
-def _set_glibc_malloc_options() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get(DISABLE_ENV, "1").strip().lower() in {"0", "false"}:
         return False
     try:

@@ -1,7 +1,7 @@
 """Just-in-time build and cached loading of the C++ CPU kernels (``torch.utils.cpp_extension.load``).
 
 The extension is compiled once per torch version, Python ABI and source version into
-``$ZOO_KERNEL_CACHE/<torch version>/<python tag>/cpu-<hash of the sources and flags>`` (default cache
+``$ZOO_KERNEL_CACHE/<torch version>/<python tag>/cpu-<hash of the sources, their paths and the flags>`` (default cache
 ``~/.cache/compressed-cnn-zoo/kernels``) and reused from there. The hash keys the build on the sources' content
 and paths, not their timestamps: an edited kernel never loads a stale build, and checkouts sharing one cache do not
 rebuild over each other (or over a library another process has loaded). A file lock in the build directory

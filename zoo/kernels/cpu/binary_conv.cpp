@@ -621,11 +621,10 @@ ZOO_TARGET_AVX2 inline void accumulate_word(__m256i (&acc8)[kAvx2MR][2], const u
   }
 }
 
-// FixedCW = 1: one word per tap (up to 64 channels), flushed every kAvx2FlushWords taps, with no word loop and no
-// per-word flush counter; that made ResNet-18's stage-1 conv ~1.1x faster on Zen 3 (old and new timed in bursts, in
-// turns). The same for CW = 2 or 4 measured 5-10% slower than the counter; FixedCW = 0 reads CW at run time and
-// flushes by the counter.
-template <int FixedCW>
+// OneWordATap (CW = 1, up to 64 channels): flushed every kAvx2FlushWords taps, with no word loop and no per-word
+// flush counter; that made ResNet-18's stage-1 conv ~1.1x faster on Zen 3 (old and new timed in bursts, in turns).
+// The same for CW = 2 or 4 measured 5-10% slower than the counter, which the other layers keep.
+template <bool OneWordATap>
 ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
   constexpr int MR = kAvx2MR;
   std::vector<const u64*> ptrs(MR * g.T);
@@ -644,8 +643,7 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
   float* const out = g.out;
   const u64* const zero_run = g.zero;
   const bool clamp = g.clamp;
-  const int64_t T = g.T, NB = g.NB, O = g.O, M = g.M, C = g.C;
-  const int64_t CW = FixedCW > 0 ? FixedCW : g.CW;
+  const int64_t T = g.T, CW = g.CW, NB = g.NB, O = g.O, M = g.M, C = g.C;
   for (int64_t task = tb; task < te; ++task) {
     const int64_t og = task / g.nPB, pb = task % g.nPB;
     build_ptrs(g, pb * MR, MR, ptrs.data(), nvalid, border);
@@ -660,7 +658,7 @@ ZOO_TARGET_AVX2 void conv_tasks_avx2(const Geom& g, int64_t tb, int64_t te) {
         __m256i acc[MR][2];
 #pragma GCC unroll 4
         for (int j = 0; j < MR; ++j) acc8[j][0] = acc8[j][1] = acc[j][0] = acc[j][1] = zero;
-        if constexpr (FixedCW == 1) {
+        if constexpr (OneWordATap) {
           for (int64_t t0 = 0; t0 < T; t0 += kAvx2FlushWords) {
             const int64_t t1 = std::min<int64_t>(T, t0 + kAvx2FlushWords);
             for (int64_t t = t0; t < t1; ++t)
@@ -990,9 +988,9 @@ torch::Tensor conv_operand(const torch::Tensor& act, bool split_act, const torch
       }
     } else if (isa == kAvx2) {
       if (CW == 1)
-        conv_tasks_avx2<1>(g, tb, te);
+        conv_tasks_avx2<true>(g, tb, te);
       else
-        conv_tasks_avx2<0>(g, tb, te);
+        conv_tasks_avx2<false>(g, tb, te);
     } else {
       conv_tasks_scalar(g, tb, te);
     }
