@@ -16,6 +16,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from zoo.data.idx import read_idx_images, read_idx_labels
@@ -88,10 +89,35 @@ def _fashion_mnist_from_debian(split: str) -> datasets.Dataset:
     labels = read_idx_labels(label_file, num_classes=10)
     if len(images) != len(labels):
         raise DataError(f"'{image_file}' holds {len(images)} images but '{label_file}' {len(labels)} labels.")
-    features = datasets.Features(
-        {"image": datasets.Array2D(images.shape[1:], "uint8"), "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)}
+    return images_dataset(images, labels, FASHION_MNIST_LABELS)
+
+
+def images_dataset(images: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...]) -> datasets.Dataset:
+    """N x H x W uint8 ``images`` and their ``labels`` as a Dataset with an ``Array2D`` image column, built from the
+    arrays' buffers: ``Dataset.from_dict`` converts image by image (~7 s for Fashion-MNIST's 60,000)."""
+    n, height, width = images.shape
+    rows = pa.ListArray.from_arrays(
+        np.arange(0, n * height * width + 1, width, dtype=np.int32), pa.array(np.ascontiguousarray(images).reshape(-1))
     )
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    per_image = pa.ListArray.from_arrays(np.arange(0, n * height + 1, height, dtype=np.int32), rows)
+    image_type = datasets.features.features.Array2DExtensionType((height, width), "uint8")
+    table = pa.table(
+        {
+            "image": pa.ExtensionArray.from_storage(image_type, per_image),
+            "label": pa.array(np.asarray(labels, dtype=np.int64)),
+        }
+    )
+    features = datasets.Features(
+        {"image": datasets.Array2D((height, width), "uint8"), "label": datasets.ClassLabel(names=label_names)}
+    )
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+
+
+def column_array(ds: datasets.Dataset, name: str) -> np.ndarray:
+    """Column ``name`` of ``ds`` (after any ``select``) as one numpy array, read through Arrow: numpy iterates a
+    ``datasets`` column row by row (~1.5 s for 60,000 labels)."""
+    chunks = ds.with_format("arrow")[:].column(name).chunks
+    return np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in chunks]) if chunks else np.zeros(0)
 
 
 MNIST_5K_TEST_PER_CLASS = 100  # held out per digit, the same 1,000 images every time
@@ -114,10 +140,7 @@ def _mnist_5k(split: str) -> datasets.Dataset:
     for digit in range(10):
         is_test[order[labels[order] == digit][:MNIST_5K_TEST_PER_CLASS]] = True
     keep = is_test if split == "test" else ~is_test
-    features = datasets.Features(
-        {"image": datasets.Array2D((28, 28), "uint8"), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
-    )
-    return datasets.Dataset.from_dict({"image": images[keep], "label": labels[keep]}, features=features)
+    return images_dataset(images[keep], labels[keep], tuple(str(d) for d in range(10)))
 
 
 def _from_hub(spec: DatasetSpec, split: str) -> datasets.Dataset:
@@ -186,10 +209,10 @@ def to_tensors(ds: datasets.Dataset, spec: DatasetSpec, limit: int | None = None
         return pad_to_size(images, spec.input_size), labels
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    labels = torch.as_tensor(np.asarray(ds["label"], dtype=np.int64))
+    labels = torch.as_tensor(column_array(ds, "label").astype(np.int64))
     feature = ds.features["image"]
     if isinstance(feature, (datasets.Array2D, datasets.Array3D)):
-        images = np.asarray(ds.with_format("numpy")[:]["image"], dtype=np.uint8)
+        images = column_array(ds, "image").astype(np.uint8, copy=False).reshape(len(ds), *feature.shape)
         images = images[:, None] if images.ndim == 3 else images
     else:
         decode: Callable[[object], np.ndarray] = lambda im: decode_image(im, spec.input_size)  # noqa: E731

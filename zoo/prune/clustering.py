@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import DBSCAN
 
 
 def dbscan_width(features: torch.Tensor, eps: float, min_samples: int = 5) -> int:
@@ -20,6 +19,8 @@ def dbscan_width(features: torch.Tensor, eps: float, min_samples: int = 5) -> in
     alive = norms > 0
     if not alive.any():
         return len(points)
+    from sklearn.cluster import DBSCAN  # imported here: scikit-learn takes ~2 s to import, and only ACP needs it
+
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit_predict(points[alive])
     clusters = len(set(labels[labels >= 0].tolist()))
     noise = int((labels < 0).sum()) + int((~alive).sum())
