@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,36 +178,10 @@ def param_checksum(model: torch.nn.Module) -> int:
 
     Buffers are left out: each rank updates BatchNorm's running statistics from its own part of the batch.
     """
-    return tensors_checksum(model.parameters())
-
-
-def tensors_checksum(tensors: Iterable[torch.Tensor]) -> int:
-    """CRC-32 of the tensors' bytes, in order."""
     crc = 0
-    for t in tensors:
+    for t in model.parameters():
         crc = zlib.crc32(t.detach().cpu().contiguous().numpy().tobytes(), crc)
     return crc
-
-
-def evaluated_split_guard(images: Images, labels: torch.Tensor) -> Callable[[], None]:
-    """A check, to call before each evaluation, that an in-memory split still holds the bytes it was loaded with.
-
-    A held-out score read off images changed in memory would steer decisions silently (a resumed ResNet-20 run once
-    logged 91.6 -> 90.2 -> 85.6 % on held-out images while its saved states scored 91.7-91.8 % when evaluated
-    afresh); the check costs a few milliseconds per epoch.
-    """
-    tensors = [labels] + ([images] if isinstance(images, torch.Tensor) else [])
-    loaded = tensors_checksum(tensors)
-
-    def check() -> None:
-        if tensors_checksum(tensors) != loaded:
-            raise RuntimeError(
-                "the images or labels each epoch is measured on changed in memory since they were loaded, so this "
-                "epoch's score would be wrong; nothing was recorded for it. Run the same command again: the run "
-                "resumes from its last saved state with the split loaded afresh."
-            )
-
-    return check
 
 
 def write_json_atomically(record: dict[str, Any], path: Path) -> None:
@@ -363,7 +337,6 @@ class Trainer:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // acc.num_processes))
         set_seed(r.train.seed)
         loader, (test_x, test_y), (epoch_x, epoch_y) = self._data()
-        check_epoch_split = evaluated_split_guard(epoch_x, epoch_y)
         epoch_split = "val" if r.data.holdout else "test"
         model = self.build_model()
         self.objective_context.teacher = self.build_teacher()
@@ -415,7 +388,6 @@ class Trainer:
                                "checksum": param_checksum(acc.unwrap_model(model))})  # fmt: skip
                 if self.state.global_step % r.train.checkpoint_every == 0:
                     save_state_atomically(acc, self.run_dir)
-            check_epoch_split()
             metrics = accuracy(
                 predict_logits(
                     acc.unwrap_model(model), epoch_x, self.spec.mean, self.spec.std, r.train.eval_batch_size
