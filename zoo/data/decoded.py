@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoo.data.sources import column_array, decode_image
+from zoo.data.sources import column_arrays, decode_image
 
 
 def random_resized_box(
@@ -49,7 +49,7 @@ class DecodedImages:
 
     def __init__(self, ds: datasets.Dataset, size: tuple[int, int, int], workers: int = 8) -> None:
         self.ds, self.size, self.workers = ds, tuple(size), workers
-        self.labels = torch.as_tensor(column_array(ds, "label").astype(np.int64))
+        self.labels = torch.as_tensor(column_arrays(ds, "label")[0].astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.ds)
