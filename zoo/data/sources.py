@@ -214,15 +214,15 @@ def to_tensors(ds: datasets.Dataset, spec: DatasetSpec, limit: int | None = None
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     feature = ds.features["image"]
-    in_arrays = isinstance(feature, (datasets.Array2D, datasets.Array3D))
-    label_column, *image_column = column_arrays(ds, "label", *(["image"] if in_arrays else []))
-    labels = torch.as_tensor(label_column.astype(np.int64))
-    if in_arrays:
-        images = image_column[0].astype(np.uint8, copy=False).reshape(len(ds), *feature.shape)
+    if isinstance(feature, (datasets.Array2D, datasets.Array3D)):
+        label_column, image_column = column_arrays(ds, "label", "image")
+        images = image_column.astype(np.uint8, copy=False).reshape(len(ds), *feature.shape)
         images = images[:, None] if images.ndim == 3 else images
     else:
+        (label_column,) = column_arrays(ds, "label")
         decode: Callable[[object], np.ndarray] = lambda im: decode_image(im, spec.input_size)  # noqa: E731
         images = np.stack([decode(im) for im in ds["image"]]) if len(ds) else np.zeros((0, *spec.input_size), np.uint8)
+    labels = torch.as_tensor(label_column.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(images)), labels
 
 
