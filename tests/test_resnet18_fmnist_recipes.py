@@ -128,6 +128,19 @@ def test_regenerate_trains_the_first_seed_of_every_release_before_any_second_see
     ]  # fmt: skip
 
 
+def test_regenerate_train_only_trains_every_seed_and_exports_nothing(recorded_training, monkeypatch):
+    from training import regenerate
+
+    exported: list[Path] = []
+    monkeypatch.setattr(regenerate, "export_run", lambda run_dir, seed_runs=None: exported.append(run_dir))
+    _write(regenerate.RECIPES_DIR / "a.tiny.yaml", "a.tiny", train={"seeds": [0, 1]})
+    regenerate.main(["a.tiny", "--train-only"])
+    assert [(i, seed) for i, seed, _ in recorded_training] == [("a.tiny", 0), ("a.tiny", 1)]
+    assert exported == []
+    regenerate.main(["a.tiny"])  # the same runs, now exported without training again
+    assert len(recorded_training) == 2 and exported == [Path("runs/a.tiny-s0")]
+
+
 def test_a_seed_suffixed_run_trains_its_recipe_with_that_seed(recorded_training):
     from training import regenerate
 

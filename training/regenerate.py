@@ -10,7 +10,8 @@ Runs resume from ``runs/<id>/state`` if interrupted (or from ``training/parked/`
 (``runs/<id>/result.json``) is only exported. A recipe with ``train.seeds`` trains each seed into
 ``runs/<id>-s<seed>`` and exports the best on held-out images with the spread; seeds go breadth-first (the first
 seed of every id given, then each one's next seed). ``--park-every MINUTES [--commit]`` parks (and commits) each
-run while it trains, for a machine that may be taken back (``training/park.py``).
+run while it trains, for a machine that may be taken back (``training/park.py``). ``--train-only`` trains (and parks)
+without exporting: for a sitting that trains some seeds of a family whose releases should change together.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--park-every", type=float, metavar="MINUTES", help="park each run while it trains")
     parser.add_argument("--commit", action="store_true", help="git-commit each parked copy (with --park-every)")
+    parser.add_argument("--train-only", action="store_true", help="train the runs the ids need, export nothing")
     args = parser.parse_args(argv)
     if args.commit and args.park_every is None:
         parser.error("--commit commits what --park-every parks: give --park-every MINUTES too")
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     releases = {checkpoint_id: Recipe.load(recipes[checkpoint_id]) for checkpoint_id in args.ids or list(recipes)}
     for seed_recipe in breadth_first_seeds([r for r in releases.values() if not r.model.pretrained]):
         ensure_finished(recipe_run_dir(seed_recipe, args.runs_dir), parking, recipe=seed_recipe)
+    if args.train_only:
+        return
     for checkpoint_id, recipe in releases.items():
         if recipe.model.pretrained:  # a fine-tune: also its from-scratch twin, whose accuracy its card shows
             train_finetune(recipes[checkpoint_id], args.runs_dir)
