@@ -55,10 +55,6 @@ def load_manifest() -> dict[str, dict[str, Any]]:
     return json.loads(MANIFEST_PATH.read_text())
 
 
-def released_ids() -> list[str]:
-    return sorted(load_manifest())
-
-
 def manifest_entry(checkpoint_id: str) -> dict[str, Any]:
     """The manifest entry of a released checkpoint; unknown ids get close matches suggested."""
     manifest = load_manifest()

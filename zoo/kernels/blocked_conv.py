@@ -90,7 +90,7 @@ def _probe_block_size(ext, conv: nn.Conv2d, shape: tuple[int, ...]) -> int | Non
     that pixel holds ``oh·OW + ow`` and output channel ``c`` adds the bias ``c·OH·OW``, so every output value is its
     own index in NCHW order, exactly (a sum of zeros and one integer below 2**24)."""
     (c_out, _, kh, kw), (sh, sw), (ph, pw) = conv.weight.shape, conv.stride, conv.padding
-    n, c_in, h, w = shape
+    n, _, h, w = shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     if c_out * oh * ow >= 2**24 or oh < 1 or ow < 1 or ph >= kh or pw >= kw:
         return None

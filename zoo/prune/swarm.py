@@ -49,13 +49,11 @@ class FitnessMemo:
     def __init__(self, fitness: Callable[[list[int]], float], path: Path | None = None) -> None:
         self.fitness, self.path = fitness, path
         self.values: dict[str, float] = json.loads(path.read_text()) if path and path.exists() else {}
-        self.computed = 0
 
     def __call__(self, position: Sequence[int]) -> float:
         key = ",".join(str(int(v)) for v in position)
         if key not in self.values:
             self.values[key] = float(self.fitness([int(v) for v in position]))
-            self.computed += 1
             if self.path is not None:
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(self.values))
