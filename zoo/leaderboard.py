@@ -31,6 +31,7 @@ CSV_NAME = "leaderboard.csv"
 MD_NAME = "LEADERBOARD.md"
 OPS_PLOT = "accuracy_vs_ops.png"
 LATENCY_PLOT = "accuracy_vs_latency.png"
+CSV_PATH = CARDS_DIR / CSV_NAME
 COLUMNS = ["id", "method", "family", "data", "top1", "top5", "params", "flops", "bops", "ops", "size_bytes",
            "weight_bits", "activation_bits", "latency_b1_ms", "latency_b64_ms", "latency_device", "latency_threads",
            "dense_parent", "recipe", "sha256", "recorded_top1", "seeds", "seeds_top1_mean",
