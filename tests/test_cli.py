@@ -152,10 +152,27 @@ def test_bench_kernels_json_reports_side_by_side_rows(capsys):
         assert row["first_call_speedup"] == pytest.approx(
             row["baseline_first_call_ms"] / row["first_call_ms"], rel=0.01, abs=0.006
         )
+    scaling = result["thread_scaling"]
+    assert scaling["probe"] and scaling.keys() == {"probe", "start", "end"}
+    for probe in (scaling["start"], scaling["end"]):  # one thread against one thread
+        assert probe["speedup"] == pytest.approx(probe["one_thread_ms"] / probe["threads_ms"], rel=0.01, abs=0.006)
     sizes = result["checkpoint_size"]
     for arch, fp32 in sizes["packed"].items():
         assert 0 < sizes["packed_float16_head"][arch]["bytes"] < fp32["bytes"]
         assert fp32["times_smaller"] == pytest.approx(sizes["torchvision resnet18 fp32 bytes"] / fp32["bytes"], 0.01)
+
+
+def test_thread_scaling_times_both_thread_counts_and_restores_the_callers():
+    from zoo.bench import thread_scaling
+
+    before = torch.get_num_threads()
+    try:
+        probe = thread_scaling(2, rounds=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert probe["one_thread_ms"] > 0 and probe["threads_ms"] > 0
+    assert probe["speedup"] == pytest.approx(probe["one_thread_ms"] / probe["threads_ms"], rel=0.01, abs=0.006)
 
 
 def test_bench_kernels_isa_avx2_reruns_itself_in_a_process_held_to_avx2(monkeypatch):
@@ -188,9 +205,11 @@ def test_bench_kernels_table_adds_the_gpu_rows_when_there_is_a_gpu(capsys, monke
     gpu = {"device": "NVIDIA H200", "torch_cuda": "12.8", "timing": "synchronized", "rows": [row]}
     result = {"cpu": "CPU", "cpu_flags": ["avx2"], "threads": 1, "kernel_backend": "avx2", "torch": "x",
               "rows": [{**row, "baseline": "F.conv2d fp32", "speedup": 3.0}], "timing": "medians",
-              "checkpoint_size": sizes, "cuda": gpu}  # fmt: skip
+              "checkpoint_size": sizes, "cuda": gpu, "thread_scaling": {"probe": "conv", "start": {"speedup": 1.9},
+              "end": {"speedup": 1.0}}}  # fmt: skip
     monkeypatch.setattr(zoo.bench, "bench_kernels", lambda *a, **k: result)
     out = run_cli(capsys, "bench", "kernels")
+    assert "thread scaling (conv, 1 threads vs 1): 1.9x at the start, 1.0x at the end" in out
     gpu_part = out.split("NVIDIA H200 (CUDA 12.8)")[1]
     assert "cuDNN fp16 channels_last" in gpu_part and "2.0x" in gpu_part and "3.0x" in out.split("NVIDIA")[0]
     result["cuda"] = {"device": "Old GPU", "torch_cuda": "12.8", "skipped": "no CUDA binary kernel on this GPU: sm_75"}

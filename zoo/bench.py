@@ -316,6 +316,30 @@ def _checkpoint_sizes() -> dict[str, Any]:
     return {"torchvision resnet18 fp32 bytes": dense, **sizes}
 
 
+THREAD_PROBE = "F.conv2d fp32, 128 channels 3x3 on 28x28, batch 1"
+
+
+def thread_scaling(threads: int, rounds: int = 10) -> dict[str, float]:
+    """How much ``threads`` threads speed one fp32 conv2d up over one thread, timed in turns (medians of bursts of 3):
+    near 1 where the machine's cores are shared or throttled at that moment, and a run's other ratios mean less."""
+    generator = torch.Generator().manual_seed(0)  # its own: the rows' inputs stay those of torch.manual_seed(0)
+    x, w = torch.randn(1, 128, 28, 28, generator=generator), torch.randn(128, 128, 3, 3, generator=generator)
+    times: dict[int, list[float]] = {1: [], threads: []}
+    try:
+        for _ in range(rounds):
+            for n in times:
+                torch.set_num_threads(n)
+                F.conv2d(x, w, None, 1, 1)
+                start = time.perf_counter()
+                for _ in range(3):
+                    F.conv2d(x, w, None, 1, 1)
+                times[n].append((time.perf_counter() - start) / 3)
+    finally:
+        torch.set_num_threads(threads)
+    one, many = (1e3 * statistics.median(times[n]) for n in (1, threads))
+    return {"one_thread_ms": round(one, 4), "threads_ms": round(many, 4), "speedup": round(one / many, 2)}
+
+
 def bench_kernels(
     threads: int | None = None,
     batches: tuple[int, ...] = (1, 32),
@@ -331,10 +355,12 @@ def bench_kernels(
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     cpu, flags = _cpu_description()
+    scaling_at_start = thread_scaling(torch.get_num_threads())
     rows, peers = _layer_rows(batches, repeats), None
     if end_to_end:
         end_to_end_rows, peers = _end_to_end_rows(batches, repeats, lce_python=lce_python)
         rows += end_to_end_rows
+    scaling_at_end = thread_scaling(torch.get_num_threads())
     result = {
         "device": "cpu",
         "cpu": cpu,
@@ -352,6 +378,7 @@ def bench_kernels(
         "ms = the 2nd and 3rd calls (the operands in the caches), first_call_ms = a turn's 1st call (after the other "
         "candidates evicted them)",
         "rows": rows,
+        "thread_scaling": {"probe": THREAD_PROBE, "start": scaling_at_start, "end": scaling_at_end},
         "checkpoint_size": _checkpoint_sizes(),
     }
     if peers is not None:

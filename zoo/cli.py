@@ -193,6 +193,9 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
     print(_table(_kernel_rows(result["rows"]), ["what", "batch", "ms", "baseline", "baseline ms", "speedup",
                                                 "first-call speedup"]))  # fmt: skip
     print(f"timing: {result['timing']}")
+    scaling = result["thread_scaling"]
+    print(f"thread scaling ({scaling['probe']}, {result['threads']} threads vs 1): "
+          f"{scaling['start']['speedup']}x at the start, {scaling['end']['speedup']}x at the end")  # fmt: skip
     if footnotes := peer_lines(result):
         print("\n".join(footnotes))
     if "cuda" in result:
