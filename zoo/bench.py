@@ -320,23 +320,19 @@ THREAD_PROBE = "F.conv2d fp32, 128 channels 3x3 on 28x28, batch 1"
 
 
 def thread_scaling(threads: int, rounds: int = 10) -> dict[str, float]:
-    """How much ``threads`` threads speed one fp32 conv2d up over one thread, timed in turns (medians of bursts of 3):
+    """How much ``threads`` threads speed one fp32 conv2d up over one thread (``interleaved_burst_ms``, steady calls):
     near 1 where the machine's cores are shared or throttled at that moment, and a run's other ratios mean less."""
     generator = torch.Generator().manual_seed(0)  # its own: the rows' inputs stay those of torch.manual_seed(0)
     x, w = torch.randn(1, 128, 28, 28, generator=generator), torch.randn(128, 128, 3, 3, generator=generator)
-    times: dict[int, list[float]] = {1: [], threads: []}
+
+    def conv_on(n: int) -> Callable[[], object]:
+        return lambda: (torch.set_num_threads(n), F.conv2d(x, w, None, 1, 1))
+
     try:
-        for _ in range(rounds):
-            for n in times:
-                torch.set_num_threads(n)
-                F.conv2d(x, w, None, 1, 1)
-                start = time.perf_counter()
-                for _ in range(3):
-                    F.conv2d(x, w, None, 1, 1)
-                times[n].append((time.perf_counter() - start) / 3)
+        times = interleaved_burst_ms({"one": conv_on(1), "threads": conv_on(threads)}, rounds)
     finally:
         torch.set_num_threads(threads)
-    one, many = (1e3 * statistics.median(times[n]) for n in (1, threads))
+    one, many = times["one"][0], times["threads"][0]
     return {"one_thread_ms": round(one, 4), "threads_ms": round(many, 4), "speedup": round(one / many, 2)}
 
 
